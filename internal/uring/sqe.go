@@ -70,7 +70,7 @@ type SQE struct {
 	UserData    uint64
 	BufIndex    uint16
 	Personality uint16
-	FileIndex   int32 // splice_fd_in, file_index, optlen
+	FileIndex   int32  // splice_fd_in, file_index, optlen
 	Addr3       uint64 // start of the URING_CMD payload (cmd[])
 	pad2        uint64
 }
