@@ -40,10 +40,10 @@ const (
 
 // tag states
 const (
-	tagFetching  = iota // FETCH or COMMIT_AND_FETCH outstanding in the kernel
-	tagHandling         // with the handler
-	tagCopying          // USER_COPY transfer outstanding
-	tagAborted          // the kernel aborted the fetch: device stopping
+	tagFetching = iota // FETCH or COMMIT_AND_FETCH outstanding in the kernel
+	tagHandling        // with the handler
+	tagCopying         // USER_COPY transfer outstanding
+	tagAborted         // the kernel aborted the fetch: device stopping
 )
 
 type queue struct {

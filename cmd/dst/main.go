@@ -58,8 +58,8 @@ func newApp() *cli.App {
 			delCommand(),
 		},
 		// Errors are printed once, by main, without usage noise.
-		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error { return usageError{err} },
-		ExitErrHandler: func(c *cli.Context, err error) {},
+		OnUsageError:    func(c *cli.Context, err error, isSubcommand bool) error { return usageError{err} },
+		ExitErrHandler:  func(c *cli.Context, err error) {},
 		HideHelpCommand: true,
 	}
 }

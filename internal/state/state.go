@@ -23,13 +23,13 @@ const DefaultDir = "/run/dst"
 type Record struct {
 	ID      uint32    `json:"id"`
 	PID     int       `json:"pid"`
-	Kind    string    `json:"kind"`             // "null", "file", "remote"
-	Target  string    `json:"target"`           // human description
-	Path    string    `json:"path,omitempty"`   // backing file for file targets
-	URL     string    `json:"url,omitempty"`    // exporter URL for remote devices
-	Queues  int       `json:"queues"`           // hardware queues
-	Depth   int       `json:"depth"`            // queue depth
-	Size    uint64    `json:"size"`             // bytes
+	Kind    string    `json:"kind"`              // "null", "file", "remote"
+	Target  string    `json:"target"`            // human description
+	Path    string    `json:"path,omitempty"`    // backing file for file targets
+	URL     string    `json:"url,omitempty"`     // exporter URL for remote devices
+	Queues  int       `json:"queues"`            // hardware queues
+	Depth   int       `json:"depth"`             // queue depth
+	Size    uint64    `json:"size"`              // bytes
 	Options []string  `json:"options,omitempty"` // command-line options needed to serve it again
 	Started time.Time `json:"started"`
 	// Conn is the remote connection state ("up", "connecting"...), updated
