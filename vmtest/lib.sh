@@ -157,11 +157,12 @@ fio_engine() {
 
 # fio_verify DEV BS DEPTH [extra fio args...]: write DEV with random
 # offsets (crc32c checksummed blocks), read everything back and verify.
-# Size: FIO_VERIFY_SIZE (default 32M, capped at the device size). Prints one
+# Size: FIO_VERIFY_SIZE (default 16M, capped at the device size; a later
+# --size=... in the extra args wins). Prints one
 # summary line; on failure prints the fio error and returns 1.
 fio_verify() {
 	_dev=$1 _bs=$2 _qd=$3; shift 3
-	_sz=${FIO_VERIFY_SIZE:-32M}
+	_sz=${FIO_VERIFY_SIZE:-16M}
 	case $_sz in
 	*[Kk]) _b=$((${_sz%?} * 1024)) ;; *[Mm]) _b=$((${_sz%?} * 1048576)) ;;
 	*[Gg]) _b=$((${_sz%?} * 1073741824)) ;; *) _b=$_sz ;;

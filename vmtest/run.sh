@@ -113,7 +113,7 @@ while IFS= read -r line || [ -n "$line" ]; do
 		printf '%s\n' "$line"
 	else
 		case $line in
-		VMTEST*|BENCH*|*"Kernel panic"*|*"KVM internal error"*|qemu-system-x86_64:*|"vmtest: RUN "*) printf '%s\n' "$line" ;;
+		VMTEST*|BENCH*|*"Kernel panic"*|*"KVM internal error"*|qemu*|"vmtest: RUN "*) printf '%s\n' "$line" ;;
 		esac
 	fi
 	case $line in
@@ -139,7 +139,7 @@ elif grep -aq '^VMTEST-WATCHDOG' "$log"; then
 	last=$(grep -a '^vmtest: RUN ' "$log" | tail -n 1 | sed 's/^vmtest: RUN //')
 	problem="guest watchdog fired after ${gtimeout}s${last:+ (last scenario started: $last)}"
 elif [ -z "$summary" ]; then
-	qerr=$(grep -a '^qemu-system-x86_64:' "$log" | head -n 2 | paste -sd' ' || true)
+	qerr=$(grep -a '^qemu' "$log" | head -n 2 | paste -sd' ' || true)
 	problem="no VMTEST SUMMARY line from the guest (qemu exit $rc)${qerr:+: $qerr}; see $log"
 fi
 if [ -n "$problem" ] && [ "$ACCEL" = kvm ] && [ "$kvm_err" = 0 ]; then

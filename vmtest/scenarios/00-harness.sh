@@ -38,6 +38,6 @@ dev=$(mk_loop "$VMTEST_TMP/backing" on)
 [ "$(cat "/sys/block/${dev#/dev/}/loop/dio")" = 1 ] || fail "$dev: direct I/O not enabled"
 log "$dev over tmpfs file, direct I/O on"
 fio_verify "$dev" 4k 1
-mke2fs -q -F -t ext4 "$dev"
+mke2fs -q -F -t ext4 -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 "$dev"
 e2fsck -f -n "$dev" >/dev/null || fail "e2fsck found errors on a fresh ext4"
 log "harness OK"
