@@ -2,8 +2,10 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"regexp"
 	"slices"
 	"sync"
@@ -230,6 +232,16 @@ func DialURL(ctx context.Context, u *URL, o Options) (net.Conn, error) {
 	}
 	c, err := t.Dial(ctx, u, o)
 	if err != nil {
+		cerr := ctx.Err()
+		if _, ok := ctx.Deadline(); ok && cerr == nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			// The socket's copy of the context deadline fired a moment
+			// before the context's own timer.
+			cerr = context.DeadlineExceeded
+		}
+		if cerr != nil && !errors.Is(err, cerr) {
+			// Make the cause visible to errors.Is.
+			return nil, fmt.Errorf("dial %s: %w (%w)", u, err, cerr)
+		}
 		return nil, fmt.Errorf("dial %s: %w", u, err)
 	}
 	return c, nil
