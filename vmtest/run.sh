@@ -19,7 +19,8 @@
 #      VM_TIMEOUT (900 s, whole VM run; the guest watchdog fires 15 s
 #      earlier, or at VM_GUEST_TIMEOUT), DST_VM_CACHE (<repo>/.cache/vm),
 #      BENCH_RUNTIME (8 s per bench job), VMTEST_OUT (vmtest/out),
-#      VM_BOOT_RETRIES (2: boots retried after a kernel panic before /init).
+#      VM_BOOT_RETRIES (2: boots retried after a kernel panic before /init),
+#      VM_APPEND (extra kernel command line, e.g. "loglevel=7").
 # Exit status: 0 only if the guest printed "VMTEST SUMMARY" with fail=0 and
 # at least one pass.
 set -euo pipefail
@@ -90,11 +91,12 @@ esac
 gtimeout=${VM_GUEST_TIMEOUT:-$((VM_TIMEOUT > 30 ? VM_TIMEOUT - 15 : VM_TIMEOUT))}
 # maxcpus=1: boot on one CPU, /init onlines the others. Under multi-threaded
 # TCG, the kernel patching its own code (static keys) while the other vCPU
-# runs it can oops ("Oops: int3"); at boot that happens a lot, later rarely.
+# runs it can oops ("Oops: int3"); most such flips happen during boot.
 # tsc=reliable: no clocksource watchdog flipping the TSC to unstable (and
 # patching sched_clock) when the host is busy.
 append="console=ttyS0 panic=-1 loglevel=4 rdinit=/init maxcpus=1 tsc=reliable dst.mode=$mode dst.timeout=$gtimeout dst.verbose=$verbose"
 [ -z "$tests" ] || append="$append dst.tests=$tests"
+[ -z "${VM_APPEND:-}" ] || append="$append $VM_APPEND"
 
 log=$OUTDIR/console.log
 rm -f "$OUTDIR"/console.boot-panic.*.log

@@ -44,13 +44,14 @@ apt_update_once() {
 	fi
 }
 
-missing=()
+declare -A pkg_status=()
 while read -r pkg status; do
-	[ "$status" = installed ] || missing+=("$pkg")
-done < <(for p in "${PKGS[@]}"; do
-	s=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
-	echo "$p ${s:-absent}"
-done)
+	pkg_status[$pkg]=$status
+done < <(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${PKGS[@]}" 2>/dev/null || true)
+missing=()
+for p in "${PKGS[@]}"; do
+	[ "${pkg_status[$p]:-}" = installed ] || missing+=("$p")
+done
 
 if [ ${#missing[@]} -gt 0 ]; then
 	log "installing: ${missing[*]}"
