@@ -124,11 +124,14 @@ func (w *Worker) QueueLen() int { return cap(w.q) }
 // Depth is the number of requests the Worker keeps in flight.
 func (w *Worker) Depth() int { return w.depth }
 
-// Submit queues req. It returns ErrClosed after Close (Done is then not
-// called) and ErrBusy if req is still in flight; otherwise Done will be
-// called exactly once. Requests that fail Check complete through Done with
+// Submit queues req. It returns ErrClosed after Close, ErrBusy if req is
+// still in flight, and EINVAL without a Done func; Done is then not called.
+// Otherwise Done will be called exactly once. Requests that fail Check complete through Done with
 // the Check error, without reaching the disk.
 func (w *Worker) Submit(req *Request) error {
+	if req.Done == nil {
+		return refuse(unix.EINVAL, "request without a Done function")
+	}
 	w.submitters.Add(1)
 	defer w.submitters.Add(-1)
 	if w.closed.Load() {
@@ -282,6 +285,10 @@ func (s *ringState) take() {
 			return
 		}
 		w.pending.Add(-1)
+		if req.File == nil {
+			s.finish(req, refuse(unix.EBADF, "%s request without a File", req.Op))
+			continue
+		}
 		if err := req.File.Check(req.Op, req.Flags, req.Off, req.Length); err != nil {
 			s.finish(req, err)
 			continue
