@@ -22,9 +22,9 @@ import (
 	"github.com/dst-dev/dst/transport/internal/leakcheck"
 )
 
-func getsockopt(t *testing.T, c net.Conn, level, opt int) int {
+func getsockopt(t *testing.T, c syscall.Conn, level, opt int) int {
 	t.Helper()
-	rc, err := c.(syscall.Conn).SyscallConn()
+	rc, err := c.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +68,10 @@ func TestTCPSocketOptions(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer l.Close()
+			tl := l.(interface{ TCPListener() *net.TCPListener }).TCPListener()
+			if got := getsockopt(t, tl, unix.SOL_SOCKET, unix.SO_REUSEADDR); got != 1 {
+				t.Errorf("listener SO_REUSEADDR = %d, want 1", got)
+			}
 			client, server := dialAccept(t, l, u, tc.o)
 			for side, c := range map[string]net.Conn{"dialled": client, "accepted": server} {
 				if _, ok := c.(*net.TCPConn); !ok {
@@ -77,7 +81,7 @@ func TestTCPSocketOptions(t *testing.T) {
 					if want < 0 {
 						return
 					}
-					if got := getsockopt(t, c, level, opt); got != want {
+					if got := getsockopt(t, c.(syscall.Conn), level, opt); got != want {
 						t.Errorf("%s conn: %s = %d, want %d", side, name, got, want)
 					}
 				}

@@ -84,6 +84,12 @@ const MaxFrameLen = 1 << 30
 // payload, >= headerLen >= 1). An error means the stream is not what the
 // Framer expects; the direction then fails with an error wrapping
 // ErrFraming.
+//
+// Calls for one direction are sequential and follow the stream, so a Framer
+// may keep state: a reply framer whose header does not carry the payload
+// length can learn it from the requests seen by the write side's Framer
+// (the two directions run concurrently, so state shared between them needs
+// a lock).
 type Framer func(header []byte) (frameLen, headerLen int, err error)
 
 // FixedHeader returns a Framer for frames made of a headerLen-byte header
