@@ -77,7 +77,16 @@ t_setup=$(t_since "$t0")
 t1=$(t_now)
 initrd=$(mktemp "$DST_VM_CACHE/initramfs.XXXXXX.cpio")
 fifo=$(mktemp -u "${TMPDIR:-/tmp}/vmtest-console.XXXXXX")
-trap 'rm -f "$fifo" "$initrd"' EXIT
+qpid=""
+cleanup() {
+	[ -z "$qpid" ] || kill "$qpid" 2>/dev/null || true
+	rm -f "$fifo" "$initrd"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# images of runs that were killed -9
+find "$DST_VM_CACHE" -maxdepth 1 -name 'initramfs.*.cpio' -mmin +180 -delete 2>/dev/null || true
 "$HERE/mkinitramfs.sh" -o "$initrd" --env "BENCH_RUNTIME=$BENCH_RUNTIME" "${mkargs[@]}" >/dev/null
 t_initrd=$(t_since "$t1")
 

@@ -114,7 +114,15 @@ for fl in "${FLAVOURS[@]}"; do
 	[ -n "$pkg" ] || { log "no linux-image-6.12.*-$fl-unsigned package found"; continue; }
 	log "trying $pkg"
 	rm -rf "$WORK/dl" "$WORK/x"; mkdir -p "$WORK/dl"
-	(cd "$WORK/dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null)
+	if ! (cd "$WORK/dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null); then
+		# stale package lists (the mirror retired that build): refresh, retry
+		[ "$APT_UPDATED" -eq 0 ] || die "apt-get download $pkg failed"
+		apt_update_once
+		pkg=$(newest_pkg "$fl")
+		log "retrying with $pkg"
+		(cd "$WORK/dl" && apt-get download -q -o APT::Sandbox::User=root "$pkg" >/dev/null) \
+			|| die "apt-get download $pkg failed"
+	fi
 	dpkg -x "$WORK"/dl/*.deb "$WORK/x"
 	kver=$(basename "$(ls -d "$WORK"/x/lib/modules/*)")
 	tree=$WORK/x/lib/modules/$kver
