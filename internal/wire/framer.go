@@ -98,10 +98,11 @@ const (
 //     handshake message (so calling the framer twice on the same frame, for
 //     example once with its header and once with all of it, is harmless;
 //     the framer cannot tell that from a second handshake message, which
-//     the receiver rejects), and need is 4 until the magic is there;
+//     the receiver rejects), and need is 4 until the magic is there; a
+//     magic that is neither "DSTH" nor the direction's is an error at once;
 //   - the first request (client → exporter) or reply (exporter → client)
 //     moves the stream to transmission: from then on every frame must be
-//     one, and a "DSTH" frame is an error;
+//     one (need is the header size), and a "DSTH" frame is an error;
 //   - after a REFUSE, only the REFUSE itself may be framed again; anything
 //     else is an error (the exporter closes after a REFUSE).
 //
@@ -110,15 +111,23 @@ const (
 // for concurrent use.
 func NewStreamFramer(clientToServer bool) Framer {
 	phase := phaseStart
+	frame, magic, want := "reply", ReplyMagic, `"DSTR"`
+	framer := ReplyStreamFramer
+	if clientToServer {
+		frame, magic, want = "request", RequestMagic, `"DSTQ"`
+		framer = RequestStreamFramer
+	}
 	return func(b []byte) (int, int, error) {
-		if phase == phaseStart && len(b) < HandshakeHeaderSize {
+		switch {
+		case phase == phaseStart && len(b) < HandshakeHeaderSize:
 			return 0, HandshakeHeaderSize, nil
+		case phase == phaseTransmission && len(b) < 4:
+			return framer(b) // need the header
+		case len(b) < 4:
+			return 0, 4, nil // need the magic
 		}
-		if len(b) < 4 {
-			return 0, 4, nil
-		}
-		switch binary.LittleEndian.Uint32(b[0:4]) {
-		case HandshakeMagic:
+		switch m := binary.LittleEndian.Uint32(b[0:4]); {
+		case m == HandshakeMagic:
 			if phase == phaseTransmission {
 				return 0, 0, &FrameError{Frame: "handshake", Field: "magic",
 					Reason: "handshake message after transmission began"}
@@ -146,22 +155,17 @@ func NewStreamFramer(clientToServer bool) Framer {
 				phase = phaseHandshake
 			}
 			return n, 0, nil
+		case phase == phaseStart:
+			return 0, 0, &FrameError{Frame: "handshake", Field: "magic",
+				Reason: "magic " + magicString(b) + ` where the stream must start with a handshake message ("DSTH")`}
+		case phase == phaseRefused:
+			return 0, 0, &FrameError{Frame: frame, Field: "magic", Reason: "data after REFUSE"}
+		case m != magic:
+			// Fail on the magic without waiting for a whole header.
+			return 0, 0, &FrameError{Frame: frame, Field: "magic",
+				Reason: "magic " + magicString(b) + ", want " + want}
 		default:
-			if phase == phaseStart {
-				return 0, 0, &FrameError{Frame: "handshake", Field: "magic",
-					Reason: "magic " + magicString(b) + " where the stream must start with a handshake message (\"DSTH\")"}
-			}
-			if phase == phaseRefused {
-				return 0, 0, &FrameError{Frame: "reply", Field: "magic",
-					Reason: "data after REFUSE"}
-			}
-			var n, need int
-			var err error
-			if clientToServer {
-				n, need, err = RequestStreamFramer(b)
-			} else {
-				n, need, err = ReplyStreamFramer(b)
-			}
+			n, need, err := framer(b)
 			if n > 0 {
 				phase = phaseTransmission
 			}
