@@ -11,21 +11,27 @@ import "encoding/binary"
 //   - need > 0 (frameLen 0, err nil): at least need bytes, counted from
 //     the start of b, are required before the frame can be measured; need
 //     is always > len(b). Call again with more bytes.
-//   - frameLen > 0 (need 0, err nil): the frame that starts at b[0] takes
-//     exactly frameLen bytes: header + payload + trailer (the trailer is
-//     0 bytes in version 1). frameLen may be larger than len(b); the next
-//     frame starts at b[frameLen].
-//   - err != nil: the stream is not a valid DST stream at this point
-//     (wrong magic, a header that breaks the framing rules, a frame that
-//     cannot be there). err is a *FrameError (errors.Is(err, ErrFraming)).
-//     Nothing after it can be framed; a wrapper should pass the rest
-//     through untouched or close.
+//   - frameLen > 0 (err nil): the frame that starts at b[0] takes exactly
+//     frameLen bytes: header + payload + trailer (the trailer is 0 bytes in
+//     version 1). frameLen may be larger than len(b); the next frame starts
+//     at b[frameLen]. need is then the length of the frame's header (12, 24
+//     or 40: the bytes that were needed to measure it), 1 ≤ need ≤
+//     frameLen.
+//   - err != nil (frameLen 0, need 0): the stream is not a valid DST
+//     stream at this point (wrong magic, a header that breaks the framing
+//     rules, a frame that cannot be there). err is a *FrameError
+//     (errors.Is(err, ErrFraming)). Nothing after it can be framed; a
+//     wrapper should pass the rest through untouched or close.
 //
 // The frame length is only reported for a header that passes ParseRequest
 // (with MaxTransferLimit), ParseReply, or the handshake header checks
 // (magic, reserved byte, known type, body length ≤ MaxHandshakeBody), so it
 // is at most HandshakeHeaderSize+MaxHandshakeBody,
 // RequestHeaderSize+MaxTransferLimit or ReplyHeaderSize+MaxTransferLimit.
+//
+// This is the contract of transport/fault.Framer (frameLen, headerLen,
+// err): a Framer converts to one. A fault wrapper that frames a
+// deliberately malformed stream fails with its framing error.
 type Framer func(b []byte) (frameLen, need int, err error)
 
 var (
@@ -45,7 +51,7 @@ func RequestStreamFramer(b []byte) (frameLen, need int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	return RequestHeaderSize + r.PayloadLen(), 0, nil
+	return RequestHeaderSize + r.PayloadLen(), RequestHeaderSize, nil
 }
 
 // ReplyStreamFramer frames one reply (exporter → client, after the
@@ -59,7 +65,7 @@ func ReplyStreamFramer(b []byte) (frameLen, need int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	return ReplyHeaderSize + r.PayloadLen(), 0, nil
+	return ReplyHeaderSize + r.PayloadLen(), ReplyHeaderSize, nil
 }
 
 // HandshakeFramer frames one handshake message of any type: 12 bytes of
@@ -72,7 +78,7 @@ func HandshakeFramer(b []byte) (frameLen, need int, err error) {
 	if herr != nil {
 		return 0, 0, &FrameError{Frame: "handshake", Field: "header", Reason: herr.Reason}
 	}
-	return HandshakeHeaderSize + h.bodyLen, 0, nil
+	return HandshakeHeaderSize + h.bodyLen, HandshakeHeaderSize, nil
 }
 
 // Stream phases of NewStreamFramer.
@@ -106,7 +112,7 @@ const (
 //   - after a REFUSE, only the REFUSE itself may be framed again; anything
 //     else is an error (the exporter closes after a REFUSE).
 //
-// A call that returns need > 0 or an error does not change the state; the
+// A call that does not return a frame length does not change the state; the
 // result of a call depends only on the state and b. The Framer is not safe
 // for concurrent use.
 func NewStreamFramer(clientToServer bool) Framer {
@@ -154,7 +160,7 @@ func NewStreamFramer(clientToServer bool) Framer {
 			} else {
 				phase = phaseHandshake
 			}
-			return n, 0, nil
+			return n, need, nil
 		case phase == phaseStart:
 			return 0, 0, &FrameError{Frame: "handshake", Field: "magic",
 				Reason: "magic " + magicString(b) + ` where the stream must start with a handshake message ("DSTH")`}

@@ -83,7 +83,8 @@ func splitAll(t *testing.T, f Framer, stream []byte) [][]byte {
 		if err != nil {
 			t.Fatalf("at %d: %v", pos, err)
 		}
-		if need > 0 {
+		checkContract(t, stream[pos:pos+avail], n, need, err)
+		if n == 0 {
 			if need <= avail {
 				t.Fatalf("at %d: need %d with %d bytes", pos, need, avail)
 			}
@@ -112,7 +113,8 @@ func splitRequery(t *testing.T, f Framer, stream []byte) [][]byte {
 			if err != nil {
 				t.Fatalf("at %d..%d: %v", start, end, err)
 			}
-			if need > 0 {
+			checkContract(t, stream[start:end], n, need, err)
+			if n == 0 {
 				if need <= end-start {
 					t.Fatalf("need %d with %d bytes", need, end-start)
 				}
@@ -129,6 +131,26 @@ func splitRequery(t *testing.T, f Framer, stream []byte) [][]byte {
 		t.Fatalf("stopped at %d of %d", start, len(stream))
 	}
 	return frames
+}
+
+// checkContract checks one Framer result against the Framer contract, which
+// is also transport/fault.Framer's.
+func checkContract(t testing.TB, b []byte, n, need int, err error) {
+	t.Helper()
+	switch {
+	case err != nil:
+		if n != 0 || need != 0 || !errors.Is(err, ErrFraming) {
+			t.Fatalf("error %v with %d, %d", err, n, need)
+		}
+	case n == 0:
+		if need <= len(b) {
+			t.Fatalf("need %d with %d bytes", need, len(b))
+		}
+	default:
+		if need < 1 || need > n || need > len(b) || n > RequestHeaderSize+MaxTransferLimit {
+			t.Fatalf("frame length %d, header length %d, with %d bytes", n, need, len(b))
+		}
+	}
 }
 
 func sameFrames(t *testing.T, got, want [][]byte) {
@@ -165,7 +187,7 @@ func TestStreamFramerNeed(t *testing.T) {
 		}
 	}
 	h := helloBytes(t)
-	if fl, need, err := f(h[:12]); fl != len(h) || need != 0 || err != nil {
+	if fl, need, err := f(h[:12]); fl != len(h) || need != HandshakeHeaderSize || err != nil {
 		t.Fatalf("hello header: %d, %d, %v", fl, need, err)
 	}
 	if fl, need, err := f(nil); fl != 0 || need != 4 || err != nil {
@@ -178,7 +200,7 @@ func TestStreamFramerNeed(t *testing.T) {
 		t.Fatalf("handshake magic again: %d, %d, %v", fl, need, err)
 	}
 	w := reqFrame(Request{Op: OpWrite, ID: 1, Length: 1 << 20}, nil)
-	if fl, need, err := f(w); fl != RequestHeaderSize+1<<20 || need != 0 || err != nil {
+	if fl, need, err := f(w); fl != RequestHeaderSize+1<<20 || need != RequestHeaderSize || err != nil {
 		t.Fatalf("write: %d, %d, %v", fl, need, err)
 	}
 	if fl, need, err := f(nil); fl != 0 || need != RequestHeaderSize || err != nil {
@@ -244,19 +266,20 @@ func TestStatelessFramers(t *testing.T) {
 		errMatches string
 	}{
 		{"request short", RequestStreamFramer, make([]byte, 39), 0, 40, ""},
-		{"request read", RequestStreamFramer, reqFrame(Request{Op: OpRead, ID: 1, Length: 512}, nil), 40, 0, ""},
-		{"request write", RequestStreamFramer, reqFrame(Request{Op: OpWrite, ID: 1, Length: 512}, nil)[:40], 552, 0, ""},
-		{"request write max", RequestStreamFramer, reqFrame(Request{Op: OpWrite, ID: 1, Length: MaxTransferLimit}, nil), 40 + MaxTransferLimit, 0, ""},
+		{"request read", RequestStreamFramer, reqFrame(Request{Op: OpRead, ID: 1, Length: 512}, nil), 40, 40, ""},
+		{"request write", RequestStreamFramer, reqFrame(Request{Op: OpWrite, ID: 1, Length: 512}, nil)[:40], 552, 40, ""},
+		{"request write max", RequestStreamFramer, reqFrame(Request{Op: OpWrite, ID: 1, Length: MaxTransferLimit}, nil), 40 + MaxTransferLimit, 40, ""},
 		{"request bad", RequestStreamFramer, make([]byte, 40), 0, 0, "magic"},
 		{"reply short", ReplyStreamFramer, nil, 0, 24, ""},
-		{"reply read", ReplyStreamFramer, repFrame(Reply{Op: OpRead, ID: 1, Length: 4096}, nil), 24 + 4096, 0, ""},
-		{"reply error", ReplyStreamFramer, repFrame(Reply{Op: OpRead, ID: 1, Status: StatusEIO}, nil), 24, 0, ""},
+		{"reply read", ReplyStreamFramer, repFrame(Reply{Op: OpRead, ID: 1, Length: 4096}, nil), 24 + 4096, 24, ""},
+		{"reply error", ReplyStreamFramer, repFrame(Reply{Op: OpRead, ID: 1, Status: StatusEIO}, nil), 24, 24, ""},
 		{"reply bad", ReplyStreamFramer, make([]byte, 24), 0, 0, "magic"},
 		{"handshake short", HandshakeFramer, []byte("DSTH"), 0, 12, ""},
-		{"handshake", HandshakeFramer, helloBytes(t)[:12], len(helloBytes(t)), 0, ""},
+		{"handshake", HandshakeFramer, helloBytes(t)[:12], len(helloBytes(t)), 12, ""},
 		{"handshake bad", HandshakeFramer, make([]byte, 12), 0, 0, "wire: bad handshake: magic"},
 	} {
 		n, need, err := tc.f(tc.b)
+		checkContract(t, tc.b, n, need, err)
 		if n != tc.len || need != tc.need || (err == nil) != (tc.errMatches == "") ||
 			err != nil && (!strings.Contains(err.Error(), tc.errMatches) || !errors.Is(err, ErrFraming)) {
 			t.Errorf("%s: %d, %d, %v; want %d, %d, %q", tc.name, n, need, err, tc.len, tc.need, tc.errMatches)
