@@ -140,6 +140,9 @@ func (d *Device) abort() {
 	defer cancel()
 	d.ctrl.StopDev(ctx, d.info.DevID) //nolint:errcheck // may not have started
 	d.wg.Wait()
+	for _, q := range d.queues {
+		q.closeWake()
+	}
 	if d.char != nil {
 		d.char.Close()
 	}
@@ -179,6 +182,9 @@ func (d *Device) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		errs = append(errs, fmt.Errorf("queues of device %d did not stop: %w", d.info.DevID, ctx.Err()))
 		return errors.Join(errs...)
+	}
+	for _, q := range d.queues {
+		q.closeWake()
 	}
 	d.errMu.Lock()
 	if d.qErr != nil {

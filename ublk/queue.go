@@ -62,6 +62,7 @@ type queue struct {
 	results []int32
 	cqes    []uring.CQE
 
+	port    port
 	handler QueueHandler
 	ringH   RingHandler
 	ctx     QueueContext
@@ -84,7 +85,7 @@ type queue struct {
 func newQueue(id uint16, depth, maxIO int, userCopy bool, charFd int, devID uint32) *queue {
 	q := &queue{
 		id: id, depth: depth, maxIO: maxIO, userCopy: userCopy,
-		charFd: charFd, devID: devID, efd: -1,
+		charFd: charFd, devID: devID, efd: -1, port: kernelPort{},
 		reqs:    make([]Request, depth),
 		state:   make([]uint8, depth),
 		results: make([]int32, depth),
@@ -103,13 +104,10 @@ func (q *queue) setup(t Target) error {
 	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil && !errors.Is(err, unix.EPERM) {
 		return fmt.Errorf("queue %d: prctl(PR_SET_IO_FLUSHER): %w", q.id, err)
 	}
-	page := os.Getpagesize()
-	var err error
-	q.descs, err = unix.Mmap(q.charFd, int64(q.id)*descStride(page), descLen(q.depth, page),
-		unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
-	if err != nil {
-		return fmt.Errorf("queue %d: mmap descriptors: %w", q.id, err)
+	if err := q.port.open(q); err != nil {
+		return fmt.Errorf("queue %d: %w", q.id, err)
 	}
+	var err error
 	q.bufs, err = unix.Mmap(-1, 0, q.depth*q.maxIO, unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
@@ -132,7 +130,8 @@ func (q *queue) setup(t Target) error {
 	q.ringH, _ = h.(RingHandler)
 	q.armWake()
 	for tag := range q.depth {
-		q.prepCmd(ioFetchReq, uint16(tag), 0)
+		q.state[tag] = tagFetching
+		q.port.prepFetch(q, uint16(tag), false, 0)
 	}
 	// FETCH completes as task work, which a DEFER_TASKRUN ring only runs
 	// when this thread enters the ring: submit now, so that START_DEV (sent
@@ -187,17 +186,17 @@ func (q *queue) handleCQE(c *uring.CQE) {
 	switch c.UserData >> kindShift {
 	case kindCmd:
 		tag := uint16(c.UserData)
-		switch {
-		case c.Res == ioResOK:
+		switch res := q.port.result(q, tag, c.Res); {
+		case res == ioResOK:
 			q.startRequest(tag)
-		case c.Res == ioResAbort:
+		case res == ioResAbort:
 			q.state[tag] = tagAborted
 			q.aborted++
 		default:
 			// The kernel refused our command: a bug on our side or a dying
 			// device. The tag cannot be fetched again.
 			if q.err == nil {
-				q.err = fmt.Errorf("queue %d tag %d: FETCH/COMMIT refused: %w", q.id, tag, syscall.Errno(-c.Res))
+				q.err = fmt.Errorf("queue %d tag %d: FETCH/COMMIT refused: %w", q.id, tag, syscall.Errno(-res))
 			}
 			q.state[tag] = tagAborted
 			q.aborted++
@@ -298,12 +297,14 @@ func (q *queue) Complete(tag uint16, err syscall.Errno) {
 	q.cmu.Lock()
 	q.results[tag] = res
 	q.done = append(q.done, tag)
-	q.cmu.Unlock()
 	// On the queue goroutine (dispatching) the list is drained before the
 	// next wait; elsewhere wake the queue unless a wake-up is on its way.
+	// The write happens under the lock so that the queue cannot drain this
+	// completion, exit, and have its eventfd closed before the write.
 	if !q.dispatching.Load() && q.wakePending.CompareAndSwap(false, true) {
 		q.wake()
 	}
+	q.cmu.Unlock()
 }
 
 func (q *queue) wake() {
@@ -347,12 +348,43 @@ func (q *queue) drain() {
 
 // commit completes the block request and re-arms the tag in one command.
 func (q *queue) commit(tag uint16, res int32) {
-	q.reqs[tag].Buf = nil
 	q.held--
-	q.prepCmd(ioCommitAndFetchReq, tag, res)
+	q.state[tag] = tagFetching
+	q.port.prepFetch(q, tag, true, res)
+	q.reqs[tag].Buf = nil
 }
 
-func (q *queue) prepCmd(op uint32, tag uint16, res int32) {
+// port is the queue's link to the ublk driver. kernelPort issues FETCH and
+// COMMIT_AND_FETCH commands on /dev/ublkcN; the host tests substitute a
+// fake kernel so that this loop runs, unchanged, where ublk does not exist.
+type port interface {
+	open(q *queue) error // map the descriptor array into q.descs
+	// prepFetch queues FETCH_REQ (commit false) or COMMIT_AND_FETCH_REQ
+	// with res for tag; its CQE carries kindCmd|tag.
+	prepFetch(q *queue, tag uint16, commit bool, res int32)
+	// result turns a kindCmd CQE result into ioResOK, ioResAbort or -errno.
+	result(q *queue, tag uint16, res int32) int32
+	close(q *queue)
+}
+
+type kernelPort struct{}
+
+func (kernelPort) open(q *queue) error {
+	page := os.Getpagesize()
+	var err error
+	q.descs, err = unix.Mmap(q.charFd, int64(q.id)*descStride(page), descLen(q.depth, page),
+		unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("mmap descriptors: %w", err)
+	}
+	return nil
+}
+
+func (kernelPort) prepFetch(q *queue, tag uint16, commit bool, res int32) {
+	op := uint32(ioFetchReq)
+	if commit {
+		op = ioCommitAndFetchReq
+	}
 	s := q.getSQE()
 	s.PrepURingCmd(q.charFd, op)
 	var addr uint64
@@ -361,7 +393,15 @@ func (q *queue) prepCmd(op uint32, tag uint16, res int32) {
 	}
 	putIOCmd(s.Cmd16(), q.id, tag, res, addr)
 	s.SetUserData(kindCmd<<kindShift | uint64(tag))
-	q.state[tag] = tagFetching
+}
+
+func (kernelPort) result(_ *queue, _ uint16, res int32) int32 { return res }
+
+func (kernelPort) close(q *queue) {
+	if q.descs != nil {
+		unix.Munmap(q.descs)
+		q.descs = nil
+	}
 }
 
 // getSQE never fails: with a full SQ it submits what is queued (the kernel
@@ -378,6 +418,16 @@ func (q *queue) getSQE() *uring.SQE {
 	}
 }
 
+// closeWake closes the eventfd. The queue's owner calls it after the queue
+// goroutine has exited, when nothing can call Complete any more: closing it
+// earlier could let a late wake-up write into a reused descriptor.
+func (q *queue) closeWake() {
+	if q.efd >= 0 {
+		unix.Close(q.efd)
+		q.efd = -1
+	}
+}
+
 // teardown runs on the queue goroutine after run returns.
 func (q *queue) teardown() {
 	if q.handler != nil {
@@ -386,12 +436,7 @@ func (q *queue) teardown() {
 	if q.ring != nil {
 		q.ring.Close() // cancels whatever fetches are still parked
 	}
-	if q.efd >= 0 {
-		unix.Close(q.efd)
-	}
-	if q.descs != nil {
-		unix.Munmap(q.descs)
-	}
+	q.port.close(q)
 	if q.bufs != nil {
 		unix.Munmap(q.bufs)
 	}
