@@ -170,9 +170,11 @@ type memTarget struct {
 	seed uint64
 }
 
-func (m *memTarget) Geometry() Geometry { return Geometry{Size: uint64(len(m.data)), LogicalBlockSize: 512} }
-func (m *memTarget) Describe() string   { return "mem" }
-func (m *memTarget) Close() error       { m.wg.Wait(); return nil }
+func (m *memTarget) Geometry() Geometry {
+	return Geometry{Size: uint64(len(m.data)), LogicalBlockSize: 512}
+}
+func (m *memTarget) Describe() string { return "mem" }
+func (m *memTarget) Close() error     { m.wg.Wait(); return nil }
 func (m *memTarget) NewQueue(q *QueueContext) (QueueHandler, error) {
 	return &memQueue{m: m, q: q, rng: rand.New(rand.NewPCG(m.seed, uint64(q.ID)))}, nil
 }
@@ -215,8 +217,8 @@ func TestQueueNullTarget(t *testing.T) {
 	fk.send(t, 2, opWrite, ioFlagFUA, 0, 16, bytes.Repeat([]byte{7}, 8192))
 	fk.send(t, 3, opFlush, 0, 0, 0, nil)
 	fk.send(t, 4, opDiscard, 0, 0, 64, nil)
-	fk.send(t, 5, opWriteSame, 0, 0, 8, nil)          // not supported
-	fk.send(t, 6, opRead, 0, 0, (128<<10)>>9, nil)   // larger than max I/O
+	fk.send(t, 5, opWriteSame, 0, 0, 8, nil)           // not supported
+	fk.send(t, 6, opRead, 0, 0, (128<<10)>>9, nil)     // larger than max I/O
 	fk.send(t, 7, 18 /* REPORT_ZONES */, 0, 0, 0, nil) // unknown op
 	want := map[uint64]int32{1: 4096, 2: 8192, 3: 0, 4: 0, 5: -int32(syscall.EOPNOTSUPP), 6: -int32(syscall.EINVAL), 7: -int32(syscall.EOPNOTSUPP)}
 	for len(want) > 0 {
