@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 command -v shellcheck >/dev/null || { echo "lint.sh: shellcheck not installed (apt-get install shellcheck)" >&2; exit 1; }
-shellcheck setup.sh mkinitramfs.sh run.sh lint.sh bench/table.sh
+shellcheck setup.sh mkinitramfs.sh run.sh lint.sh selftest.sh bench/table.sh
 shellcheck -s sh init run-all.sh
 # /tests/lib.sh and /tests/bench/lib.sh exist only in the guest (SC1091).
 shellcheck -s dash -e SC1091 lib.sh bench/lib.sh bench/[0-9]*.sh scenarios/*.sh
