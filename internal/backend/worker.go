@@ -3,7 +3,6 @@
 package backend
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -125,9 +124,10 @@ func (w *Worker) QueueLen() int { return cap(w.q) }
 func (w *Worker) Depth() int { return w.depth }
 
 // Submit queues req. It returns ErrClosed after Close, ErrBusy if req is
-// still in flight, and EINVAL without a Done func; Done is then not called.
-// Otherwise Done will be called exactly once. Requests that fail Check complete through Done with
-// the Check error, without reaching the disk.
+// still in flight, and EINVAL without a Done func; Done is then not
+// called. Otherwise Done will be called exactly once. Requests that fail
+// Check complete through Done with the Check error, without reaching the
+// disk.
 func (w *Worker) Submit(req *Request) error {
 	if req.Done == nil {
 		return refuse(unix.EINVAL, "request without a Done function")
@@ -178,7 +178,7 @@ func (w *Worker) Close() error {
 		unix.Close(w.efd)
 	})
 	<-w.done
-	return w.loopErr
+	return w.loopErr // nil unless io_uring_enter failed along the way
 }
 
 // helper runs the synchronous path.
@@ -223,14 +223,13 @@ func (w *Worker) loop(ready chan<- error) {
 		s.free[i] = uint32(w.depth - 1 - i)
 	}
 	ready <- nil
-	w.loopErr = s.run()
+	s.run()
 	s.shutdown()
 	close(w.syncQ)
 }
 
-func (s *ringState) run() error {
+func (s *ringState) run() {
 	w := s.w
-	var errs int
 	for {
 		if !s.armed {
 			sqe := s.ring.GetSQE()
@@ -241,7 +240,7 @@ func (s *ringState) run() error {
 		s.drainSyncDone()
 		s.take()
 		if w.stopping.Load() && s.inflight == 0 && len(w.q) == 0 {
-			return nil
+			return
 		}
 		// Block in io_uring_enter until a completion; other goroutines
 		// wake us through the eventfd, but only if we said we sleep (and
@@ -262,13 +261,14 @@ func (s *ringState) run() error {
 			_, err = s.ring.Submit()
 		}
 		if err != nil {
-			// Only a broken ring fails here (EINTR is retried inside);
-			// reap what there is and give up if it persists.
-			if errs++; errs > 100 || errors.Is(err, uring.ErrClosed) {
-				return fmt.Errorf("backend: worker ring: %w", err)
+			// io_uring_enter retries EINTR itself; anything else means a
+			// broken ring. Requests in flight may still own buffers, so
+			// giving up is not an option: remember the error for Close,
+			// back off and keep reaping.
+			if w.loopErr == nil {
+				w.loopErr = fmt.Errorf("backend: worker ring: %w", err)
 			}
-		} else {
-			errs = 0
+			time.Sleep(time.Millisecond)
 		}
 		s.reap()
 	}
