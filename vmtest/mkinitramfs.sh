@@ -101,7 +101,7 @@ for t in "${TOOLS[@]}"; do
 	tool_paths+=("$p")
 done
 key=$( {
-	sha256sum "$0"
+	sha256sum <"$0"
 	cat "$CACHE/kernel.env"
 	stat -c '%n %s %Y' /var/lib/dpkg/status /bin/busybox "${tool_paths[@]}"
 } | sha256sum | cut -d' ' -f1)
