@@ -76,6 +76,11 @@ type Worker struct {
 	helperDone chan struct{}
 	loopErr    error
 	closeOnce  sync.Once
+
+	// Counters kept by the ring goroutine; read them only after Close.
+	enters   uint64 // io_uring_enter calls (Submit or SubmitAndWait)
+	prepared uint64 // request SQEs prepared
+	maxBatch int    // most request SQEs submitted by one io_uring_enter
 }
 
 const (
@@ -238,7 +243,7 @@ func (s *ringState) run() {
 			s.armed = true
 		}
 		s.drainSyncDone()
-		s.take()
+		w.maxBatch = max(w.maxBatch, s.take())
 		if w.stopping.Load() && s.inflight == 0 && len(w.q) == 0 {
 			return
 		}
@@ -254,6 +259,7 @@ func (s *ringState) run() {
 			}
 		}
 		var err error
+		w.enters++
 		if block {
 			_, err = s.ring.SubmitAndWait(1)
 			w.sleeping.Store(false)
@@ -274,15 +280,16 @@ func (s *ringState) run() {
 	}
 }
 
-// take moves queued requests onto the ring while there are free slots.
-func (s *ringState) take() {
+// take moves queued requests onto the ring while there are free slots and
+// returns how many SQEs it prepared.
+func (s *ringState) take() (n int) {
 	w := s.w
 	for len(s.free) > 0 {
 		var req *Request
 		select {
 		case req = <-w.q:
 		default:
-			return
+			return n
 		}
 		w.pending.Add(-1)
 		if req.File == nil {
@@ -309,7 +316,10 @@ func (s *ringState) take() {
 		}
 		req.File.Prep(sqe, req.Op, req.Flags, req.Off, req.Buf, req.Length)
 		sqe.SetUserData(uint64(slot))
+		w.prepared++
+		n++
 	}
+	return n
 }
 
 func (s *ringState) reap() {

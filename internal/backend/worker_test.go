@@ -328,3 +328,51 @@ func TestWorkerAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per request", allocs)
 	}
 }
+
+// TestWorkerBatches checks that requests queued while the worker is busy go
+// to the kernel together: one io_uring_enter for many requests.
+func TestWorkerBatches(t *testing.T) {
+	f := openFile(t, tempFile(t, 1<<20), Options{})
+	w, err := NewWorker(32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := alignedBuf(t, 32*4096)
+	release := make(chan struct{})
+	done := make(chan error, 64)
+	// The first request's Done holds the worker goroutine until all others
+	// are queued.
+	entered := make(chan struct{})
+	first := &Request{File: f, Op: OpFlush, Done: func(r *Request, err error) {
+		close(entered)
+		<-release
+		done <- err
+	}}
+	if err := w.Submit(first); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	reqs := make([]*Request, 32)
+	for i := range reqs {
+		reqs[i] = &Request{File: f, Op: OpRead, Off: uint64(i) * 4096, Buf: buf[i*4096 : (i+1)*4096], Length: 4096,
+			Done: func(r *Request, err error) { done <- err }}
+		if err := w.Submit(reqs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(release)
+	for range 33 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The 32 queued requests went to the kernel in one io_uring_enter.
+	t.Logf("%d requests prepared, %d io_uring_enter calls (submitting or waiting), largest batch %d",
+		w.prepared, w.enters, w.maxBatch)
+	if w.prepared != 33 || w.maxBatch != 32 {
+		t.Fatalf("largest batch %d of %d requests, want the 32 queued ones together", w.maxBatch, w.prepared)
+	}
+}
