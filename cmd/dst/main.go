@@ -56,6 +56,7 @@ func newApp() *cli.App {
 			addCommand(),
 			listCommand(),
 			delCommand(),
+			exportCommand(),
 		},
 		// Errors are printed once, by main, without usage noise.
 		OnUsageError:    func(c *cli.Context, err error, isSubcommand bool) error { return usageError{err} },
