@@ -481,12 +481,25 @@ func TestDelay(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	d := time.Since(start)
-	if d < 5*delay || d > 5*(delay+jitter)+time.Second {
-		t.Errorf("5 writes took %v, want between %v and %v", d, 5*delay, 5*(delay+jitter))
+	if d := time.Since(start); d < 5*delay {
+		t.Errorf("5 writes took %v, want at least %v", d, 5*delay)
 	}
-	if log.count("write: delay: write #") != 5 || fc.Stats().Write.Delayed != 5 {
+	// Each delay is within [delay, delay+jitter), and they vary.
+	var delays []time.Duration
+	for _, line := range log.all() {
+		if _, v, ok := strings.Cut(line, "write: delay: write #"); ok {
+			_, v, _ = strings.Cut(v, " by ")
+			d, err := time.ParseDuration(v)
+			if err != nil || d < delay || d >= delay+jitter {
+				t.Errorf("logged delay %q not in [%v, %v)", line, delay, delay+jitter)
+			}
+			delays = append(delays, d)
+		}
+	}
+	if len(delays) != 5 || fc.Stats().Write.Delayed != 5 {
 		t.Errorf("log %q", log.all())
+	} else if delays[0] == delays[1] && delays[1] == delays[2] {
+		t.Errorf("no jitter: %v", delays)
 	}
 	// The delay honours the write deadline.
 	slow := fault.Wrap(client, fault.Config{Write: fault.Rules{Delay: time.Hour}}, seeded(1))
@@ -543,31 +556,27 @@ func TestStall(t *testing.T) {
 	})
 	t.Run("write", func(t *testing.T) {
 		client, server := memPair(t)
-		fc := fault.Wrap(client, fault.Config{Write: fault.Rules{StallAfter: 100, StallFor: 150 * time.Millisecond}}, seeded(1))
-		var first time.Time
+		fc := fault.Wrap(client, fault.Config{Write: fault.Rules{StallAfter: 100, StallFor: 400 * time.Millisecond}}, seeded(1))
+		var writeDone atomic.Bool
 		var wg sync.WaitGroup
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, 1000)
 			n, _ := io.ReadAtLeast(server, buf, 100)
-			first = time.Now()
-			if n != 100 {
-				t.Errorf("peer first got %d bytes, want 100", n)
+			if n != 100 || writeDone.Load() {
+				t.Errorf("peer first got %d bytes (Write done: %v); want 100 while the Write stalls", n, writeDone.Load())
 			}
 		}()
 		start := time.Now()
 		if _, err := fc.Write(pattern(300)); err != nil {
 			t.Fatal(err)
 		}
-		end := time.Now()
+		writeDone.Store(true)
+		if d := time.Since(start); d < 390*time.Millisecond {
+			t.Errorf("Write took %v, want >= 400ms", d)
+		}
 		wg.Wait()
-		if d := end.Sub(start); d < 140*time.Millisecond {
-			t.Errorf("Write took %v, want >= 150ms", d)
-		}
-		if d := end.Sub(first); d < 100*time.Millisecond {
-			t.Errorf("the first 100 bytes arrived only %v before the Write ended; want them before the stall", d)
-		}
 	})
 	t.Run("close unblocks", func(t *testing.T) {
 		client, server := memPair(t)
@@ -586,7 +595,7 @@ func TestPartition(t *testing.T) {
 		client, server := memPair(t)
 		var log logger
 		start := time.Now()
-		fc := fault.Wrap(client, fault.Config{Partition: fault.Partition{For: 200 * time.Millisecond}, Log: log.Log}, seeded(1))
+		fc := fault.Wrap(client, fault.Config{Partition: fault.Partition{For: 500 * time.Millisecond}, Log: log.Log}, seeded(1))
 		defer fc.Close()
 		// A read with a shorter deadline times out, as over a silent network.
 		server.Write([]byte("reply"))
@@ -599,7 +608,7 @@ func TestPartition(t *testing.T) {
 		if _, err := fc.Write([]byte("request")); err != nil {
 			t.Fatal(err)
 		}
-		if d := time.Since(start); d < 190*time.Millisecond {
+		if d := time.Since(start); d < 490*time.Millisecond {
 			t.Errorf("Write returned after %v, during the partition", d)
 		}
 		buf := make([]byte, 7)
@@ -630,9 +639,6 @@ func TestPartition(t *testing.T) {
 		start := time.Now()
 		if n, err := fc.Write([]byte("during")); n != 6 || err != nil {
 			t.Errorf("Write during a losing partition = %d, %v; want it swallowed", n, err)
-		}
-		if d := time.Since(start); d > 250*time.Millisecond {
-			t.Errorf("Write during a losing partition took %v: it blocked", d)
 		}
 		got, err := result()
 		if err != nil || string(got) != "before" {
