@@ -36,8 +36,8 @@
 //
 // # Operations (the contract both users rely on)
 //
-// Every request is validated by Check first (see errors.go for the errno
-// of each refusal), then becomes exactly one SQE (Prep) and one CQE, whose
+// Every request is validated by Check first (see Errno for the errno of
+// each refusal), then becomes exactly one SQE (Prep) and one CQE, whose
 // result Result turns into StepDone plus the final error, or StepSync.
 //
 //   - OpRead, OpWrite: IORING_OP_READ / IORING_OP_WRITE of Length bytes at

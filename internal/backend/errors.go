@@ -8,7 +8,16 @@ import (
 	"syscall"
 )
 
-// Error numbers
+// ErrClosed is returned by Worker.Submit after Close. Errno(ErrClosed) is
+// ESHUTDOWN.
+var ErrClosed = fmt.Errorf("backend: worker is closed: %w", syscall.ESHUTDOWN)
+
+// ErrBusy is returned by Worker.Submit for a Request whose previous
+// submission has not completed yet (its Done has not been called).
+var ErrBusy = fmt.Errorf("backend: request is already in flight: %w", syscall.EBUSY)
+
+// Errno returns the errno an error carries: 0 for nil, the wrapped
+// syscall.Errno when there is one, and EIO for any other error.
 //
 // Every error this package returns for a request wraps a syscall.Errno, so
 // that both users can turn it into what they send back: the ublk target
@@ -16,7 +25,7 @@ import (
 // wire status. This table is the single place where the mapping is decided.
 //
 //	Check (before anything reaches the disk)
-//	  unknown Op, unknown Flags bits                       EINVAL
+//	  unknown Op, unknown Flags bits                        EINVAL
 //	  FlagNoUnmap on an op other than OpWriteZeroes         EINVAL
 //	  length 0 (read, write, discard, write-zeroes)         EINVAL
 //	  off or length not a multiple of LogicalBlockSize      EINVAL
@@ -34,6 +43,9 @@ import (
 //	Worker
 //	  Submit after Close                                    ESHUTDOWN (ErrClosed)
 //	  Submit of a Request that is still in flight           EBUSY (ErrBusy)
+//	  Submit of a Request without Done                      EINVAL
+//	  a Request without File (through Done)                 EBADF
+//	  a read/write whose Buf is shorter than Length         EINVAL (also Sync)
 //
 // Flush is never refused by Check (also not on a ReadOnly File, where it is
 // a harmless fdatasync); FlagFUA on a read or a flush is ignored.
@@ -41,17 +53,6 @@ import (
 // EROFS rather than EPERM for writes to a read-only export: it is what a
 // read-only filesystem or block device returns, and both users map it (the
 // NBD exporter to NBD_EPERM, as qemu-nbd does).
-
-// ErrClosed is returned by Worker.Submit after Close. Errno(ErrClosed) is
-// ESHUTDOWN.
-var ErrClosed = fmt.Errorf("backend: worker is closed: %w", syscall.ESHUTDOWN)
-
-// ErrBusy is returned by Worker.Submit for a Request whose previous
-// submission has not completed yet (its Done has not been called).
-var ErrBusy = fmt.Errorf("backend: request is already in flight: %w", syscall.EBUSY)
-
-// Errno returns the errno an error carries: 0 for nil, the wrapped
-// syscall.Errno when there is one, and EIO for any other error.
 func Errno(err error) syscall.Errno {
 	if err == nil {
 		return 0
