@@ -57,6 +57,7 @@ func newApp() *cli.App {
 			listCommand(),
 			delCommand(),
 			exportCommand(),
+			attachCommand(),
 		},
 		// Errors are printed once, by main, without usage noise.
 		OnUsageError:    func(c *cli.Context, err error, isSubcommand bool) error { return usageError{err} },

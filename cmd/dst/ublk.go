@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -135,7 +136,7 @@ func addCommand() *cli.Command {
 						return usagef("--size %s is not a positive multiple of the block size %d", c.String("size"), bs)
 					}
 					t := &ublk.NullTarget{Size: size, BlockSize: uint32(bs)}
-					return serveDevice(c.Context, t, o, &state.Record{Kind: "null", Size: size})
+					return serveDevice(c.Context, t, o, newRecordKeeper(state.Record{Kind: "null", Size: size}))
 				},
 			},
 			fileAddCommand(),
@@ -143,9 +144,39 @@ func addCommand() *cli.Command {
 	}
 }
 
+// recordKeeper holds the state record of the device this process serves;
+// updates (e.g. the connection state of a remote device) may come from any
+// goroutine and are written once the device exists.
+type recordKeeper struct {
+	mu        sync.Mutex
+	rec       state.Record
+	published bool
+}
+
+func newRecordKeeper(r state.Record) *recordKeeper { return &recordKeeper{rec: r} }
+
+// update changes the record and rewrites it if the device exists.
+func (k *recordKeeper) update(f func(*state.Record)) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	f(&k.rec)
+	if k.published {
+		if err := stateDir.Write(&k.rec); err != nil {
+			log.Debug("state record", zap.Error(err))
+		}
+	}
+}
+
+func (k *recordKeeper) publish(f func(*state.Record)) {
+	k.mu.Lock()
+	k.published = true
+	k.mu.Unlock()
+	k.update(f)
+}
+
 // serveDevice creates the device, prints its path, and serves until a
 // signal or an outside stop; it always removes the device on the way out.
-func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, rec *state.Record) error {
+func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, k *recordKeeper) error {
 	if err := requireRoot(); err != nil {
 		t.Close()
 		return err
@@ -169,11 +200,11 @@ func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, rec *state.
 		return fmt.Errorf("create device: %w", err)
 	}
 	info := d.Info()
-	rec.ID, rec.PID, rec.Target = d.ID(), os.Getpid(), t.Describe()
-	rec.Queues, rec.Depth, rec.Started = int(info.NrHWQueues), int(info.QueueDepth), time.Now().UTC()
-	if err := stateDir.Write(rec); err != nil {
-		log.Warn("cannot record device state; dst list will show less", zap.Error(err))
-	}
+	k.publish(func(rec *state.Record) {
+		rec.ID, rec.PID, rec.Target = d.ID(), os.Getpid(), t.Describe()
+		rec.Queues, rec.Depth, rec.Started = int(info.NrHWQueues), int(info.QueueDepth), time.Now().UTC()
+		rec.Size = t.Geometry().Size
+	})
 	fmt.Println(d.Path())
 	log.Info("device ready", zap.String("path", d.Path()), zap.String("target", t.Describe()),
 		zap.Uint16("queues", info.NrHWQueues), zap.Uint16("depth", info.QueueDepth),

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+
+	"github.com/dst-dev/dst/internal/state"
+	"github.com/dst-dev/dst/transport"
+	"github.com/dst-dev/dst/txn"
+	"github.com/dst-dev/dst/ublk"
+)
+
+func attachCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "attach",
+		Usage:     "create a ublk device backed by a remote export (runs in the foreground)",
+		ArgsUsage: "URL",
+		Description: "URL is dst://host[:port]/export, dst://[v6addr]:port/export or\n" +
+			"dst+unix:///path/to.sock?export=name. The device survives short outages:\n" +
+			"a request without an answer is resent every --timeout, --retries times,\n" +
+			"then fails with EIO; lost connections are re-established and unanswered\n" +
+			"requests resent; an idle link is probed every --ping.",
+		Flags: append(deviceFlags(),
+			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "resend a request after this long without an answer"},
+			&cli.IntFlag{Name: "retries", Value: 6, Usage: "resends before a request fails with EIO (0 = fail at the first timeout)"},
+			&cli.DurationFlag{Name: "ping", Value: 2 * time.Second, Usage: "probe an idle connection this often; dead after two silent intervals"},
+			&cli.BoolFlag{Name: "ro", Usage: "attach read-only"},
+		),
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usagef("attach needs exactly one URL, e.g. dst attach dst://server/disk0")
+			}
+			o, err := deviceOptions(c)
+			if err != nil {
+				return err
+			}
+			if c.Duration("timeout") <= 0 {
+				return usagef("--timeout must be positive")
+			}
+			if c.Int("retries") < 0 || c.Int("retries") > 1000 {
+				return usagef("--retries %d out of range: need 0..1000", c.Int("retries"))
+			}
+			if c.Duration("ping") <= 0 {
+				return usagef("--ping must be positive")
+			}
+			rawURL := c.Args().First()
+			u, err := transport.ParseURL(rawURL)
+			if err != nil {
+				return usageError{err}
+			}
+			if u.Export == "" {
+				return usagef("URL %s names no export: add /EXPORT (or ?export=NAME for unix sockets)", rawURL)
+			}
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			// Fail on a missing driver before talking to the network.
+			ctrl, err := ublk.OpenControl()
+			if err != nil {
+				return err
+			}
+			ctrl.Close()
+
+			k := newRecordKeeper(state.Record{Kind: "remote", URL: u.String()})
+			ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
+			client, err := txn.Dial(ctx, txn.Options{
+				URL:      rawURL,
+				Timeout:  c.Duration("timeout"),
+				Retries:  c.Int("retries"),
+				Ping:     c.Duration("ping"),
+				Capacity: 2 * o.Queues * o.Depth,
+				ReadOnly: c.Bool("ro"),
+				Log:      log.Named("txn"),
+				OnState: func(s txn.ConnState) {
+					k.update(func(r *state.Record) { r.Conn = s.String() })
+				},
+			})
+			cancel()
+			if err != nil {
+				return fmt.Errorf("attach %s: %w", u, err)
+			}
+			w := client.Welcome()
+			log.Info("connected", zap.Stringer("url", u), zap.Uint64("size", w.Size),
+				zap.Uint32("block", w.LogicalBlock), zap.Bool("read_only", w.ReadOnly), zap.Stringer("features", w.Features))
+			k.update(func(r *state.Record) { r.Conn = "up" })
+			err = serveDevice(c.Context, txn.NewTarget(client, o.Queues), o, k)
+			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if cerr := client.Close(cctx); cerr != nil {
+				log.Warn("detach was not clean", zap.Error(cerr))
+			}
+			return errors.Join(err)
+		},
+	}
+}
