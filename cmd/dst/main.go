@@ -58,6 +58,7 @@ func newApp() *cli.App {
 			delCommand(),
 			exportCommand(),
 			attachCommand(),
+			keygenCommand(),
 		},
 		// Errors are printed once, by main, without usage noise.
 		OnUsageError:    func(c *cli.Context, err error, isSubcommand bool) error { return usageError{err} },
