@@ -45,6 +45,10 @@ for f in $(ls "$dir"/*.sh 2>/dev/null | LC_ALL=C sort); do
 
 	t=$(sed -n 's/^#[[:space:]]*timeout:[[:space:]]*\([0-9][0-9]*\).*/\1/p' "$f" | head -n 1)
 	t=${t:-$deftimeout}
+	# bench timeouts are written for BENCH_RUNTIME=8; scale them for longer runs
+	if [ "$mode" = bench ] && [ "$BENCH_RUNTIME" -gt 8 ] 2>/dev/null; then
+		t=$((t * BENCH_RUNTIME / 8))
+	fi
 	log=/tmp/vmtest/$name.log
 	export VMTEST_NAME="$name" VMTEST_LOG="$log" VMTEST_TMP="/tmp/vmtest/$name"
 	rm -rf "$VMTEST_TMP"; mkdir -p "$VMTEST_TMP"
