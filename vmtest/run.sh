@@ -19,6 +19,7 @@
 #      VM_TIMEOUT (900 s, whole VM run; the guest watchdog fires 15 s
 #      earlier, or at VM_GUEST_TIMEOUT), DST_VM_CACHE (<repo>/.cache/vm),
 #      BENCH_RUNTIME (8 s per bench job), VMTEST_OUT (vmtest/out),
+#      BENCH_JOBS, BENCH_SIZE, FIO_VERIFY_SIZE (passed on to the guest),
 #      VM_BOOT_RETRIES (2: boots retried after a kernel panic before /init),
 #      VM_APPEND (extra kernel command line, e.g. "loglevel=7").
 # Exit status: 0 only if the guest printed "VMTEST SUMMARY" with fail=0 and
@@ -87,7 +88,11 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 # images of runs that were killed -9
 find "$DST_VM_CACHE" -maxdepth 1 -name 'initramfs.*.cpio' -mmin +180 -delete 2>/dev/null || true
-"$HERE/mkinitramfs.sh" -o "$initrd" --env "BENCH_RUNTIME=$BENCH_RUNTIME" "${mkargs[@]}" >/dev/null
+guest_env=(--env "BENCH_RUNTIME=$BENCH_RUNTIME")
+for v in BENCH_JOBS BENCH_SIZE FIO_VERIFY_SIZE; do
+	[ -z "${!v:-}" ] || guest_env+=(--env "$v=${!v}")
+done
+"$HERE/mkinitramfs.sh" -o "$initrd" "${guest_env[@]}" "${mkargs[@]}" >/dev/null
 t_initrd=$(t_since "$t1")
 
 case $ACCEL in
