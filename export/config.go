@@ -1,0 +1,147 @@
+package export
+
+import (
+	"fmt"
+	"os"
+	"time"
+	"unicode/utf8"
+
+	"go.uber.org/zap"
+
+	"github.com/dst-dev/dst/internal/wire"
+)
+
+// Defaults of Config.
+const (
+	DefaultMaxBufferBytes = 64 << 20
+	DefaultSessionLinger  = 5 * time.Minute
+	DefaultIdleTimeout    = 10 * time.Minute
+	// HandshakeTimeout bounds the wait for a HELLO and the WELCOME write.
+	HandshakeTimeout = 10 * time.Second
+	// shutdownGrace is how long a connection still in its handshake may
+	// take to send its HELLO (and get BUSY) once Shutdown has begun.
+	shutdownGrace = time.Second
+)
+
+// Config configures a Server. Zero values take the defaults.
+type Config struct {
+	// Exports to serve; at least one.
+	Exports []ExportConfig
+	// Access is the access list (see ACL); it must not be empty.
+	Access ACL
+	// MaxInflight is the most requests a connection may have outstanding
+	// (the client may ask for fewer). Default wire.DefaultMaxInflight,
+	// at most wire.MaxInflightLimit.
+	MaxInflight uint32
+	// MaxTransfer is the largest READ/WRITE payload. It is rounded down to
+	// a multiple of each export's logical block. Default
+	// wire.DefaultMaxTransfer, at most wire.MaxTransferLimit.
+	MaxTransfer uint32
+	// MaxBufferBytes bounds the data buffers a connection holds (payloads
+	// read and not yet written, reads not yet sent). Above it the reader
+	// stops reading until buffers come back: backpressure, never an
+	// error. A single request larger than it is still served. Default
+	// DefaultMaxBufferBytes.
+	MaxBufferBytes int64
+	// SessionLinger is how long a session whose connection ended is kept
+	// for a resume. Default DefaultSessionLinger; negative: sessions are
+	// forgotten as soon as their connection ends.
+	SessionLinger time.Duration
+	// IdleTimeout closes a connection that has sent nothing and has
+	// nothing in flight for that long. Default DefaultIdleTimeout;
+	// negative: never.
+	IdleTimeout time.Duration
+	// Name is the exporter name sent in WELCOME (default: the host name).
+	Name string
+	// Log receives the server's log lines (default: none).
+	Log *zap.Logger
+
+	// workerPerConn gives every connection its own backend.Worker instead
+	// of one per export (for the benchmarks that compare the two).
+	workerPerConn bool
+	// workerDepth overrides the Worker depth (tests).
+	workerDepth int
+}
+
+// ExportConfig is one export.
+type ExportConfig struct {
+	// Name is the export name clients ask for: 1..255 bytes of
+	// [A-Za-z0-9._-], not "." or "..".
+	Name string
+	// Path is a regular file or a block device.
+	Path string
+	// ReadOnly opens it read-only: every session is read-only and writes
+	// get EROFS.
+	ReadOnly bool
+	// Buffered goes through the page cache instead of O_DIRECT (for
+	// filesystems without O_DIRECT).
+	Buffered bool
+}
+
+// withDefaults returns cfg with defaults filled in, or an error naming what
+// is wrong. It does not open anything.
+func (cfg Config) withDefaults() (Config, *aclTable, error) {
+	if len(cfg.Exports) == 0 {
+		return cfg, nil, fmt.Errorf("no exports: add --export NAME=PATH")
+	}
+	seen := map[string]bool{}
+	for _, e := range cfg.Exports {
+		if err := wire.ValidExportName(e.Name); err != nil {
+			var reason string
+			if he, ok := err.(*wire.HandshakeError); ok {
+				reason = he.Reason
+			} else {
+				reason = err.Error()
+			}
+			return cfg, nil, fmt.Errorf("export %q: bad name: %s", e.Name, reason)
+		}
+		if seen[e.Name] {
+			return cfg, nil, fmt.Errorf("export %q is given twice", e.Name)
+		}
+		seen[e.Name] = true
+		if e.Path == "" {
+			return cfg, nil, fmt.Errorf("export %q: empty path", e.Name)
+		}
+	}
+	acl, err := cfg.Access.compile()
+	if err != nil {
+		return cfg, nil, err
+	}
+	switch {
+	case cfg.MaxInflight == 0:
+		cfg.MaxInflight = wire.DefaultMaxInflight
+	case cfg.MaxInflight > wire.MaxInflightLimit:
+		return cfg, nil, fmt.Errorf("max inflight %d exceeds the protocol limit %d", cfg.MaxInflight, wire.MaxInflightLimit)
+	}
+	switch {
+	case cfg.MaxTransfer == 0:
+		cfg.MaxTransfer = wire.DefaultMaxTransfer
+	case cfg.MaxTransfer > wire.MaxTransferLimit:
+		return cfg, nil, fmt.Errorf("max transfer %d exceeds the protocol limit %d (32 MiB)", cfg.MaxTransfer, wire.MaxTransferLimit)
+	case cfg.MaxTransfer < 512:
+		return cfg, nil, fmt.Errorf("max transfer %d is below the smallest logical block (512)", cfg.MaxTransfer)
+	}
+	switch {
+	case cfg.MaxBufferBytes == 0:
+		cfg.MaxBufferBytes = DefaultMaxBufferBytes
+	case cfg.MaxBufferBytes < 0:
+		return cfg, nil, fmt.Errorf("max buffer bytes %d is negative", cfg.MaxBufferBytes)
+	}
+	if cfg.SessionLinger == 0 {
+		cfg.SessionLinger = DefaultSessionLinger
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.Name == "" {
+		cfg.Name, _ = os.Hostname()
+	}
+	cfg.Name = wire.SanitizeReason(cfg.Name) // valid UTF-8, at most 255 bytes
+	if !utf8.ValidString(cfg.Name) {
+		cfg.Name = ""
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	return cfg, acl, nil
+}

@@ -1,0 +1,458 @@
+package export
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dst-dev/dst/internal/backend"
+	"github.com/dst-dev/dst/internal/wire"
+)
+
+// ErrServerClosed is returned by Serve once Shutdown or Close has begun.
+var ErrServerClosed = errors.New("export: server closed")
+
+// defaultWorkerDepth is the io_uring depth of an export's Worker; its
+// queue (4× the depth) bounds what is handed to it at once, the rest waits
+// in the executor.
+const defaultWorkerDepth = 256
+
+// Server serves exports to DST clients. Create it with New, give it
+// listeners with Serve, stop it with Shutdown (or Close).
+type Server struct {
+	cfg     Config
+	log     *zap.Logger
+	acl     atomic.Pointer[aclTable]
+	exports map[string]*export
+	list    []*export
+	bufs    bufPool
+	connSeq atomic.Uint64
+
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	sessions map[wire.Token]*session
+	stopping bool
+	stopCh   chan struct{} // closed when Shutdown begins
+	// wg counts Serve loops, connections and the janitor. Every Add
+	// happens under mu while !stopping; Shutdown waits after setting
+	// stopping.
+	wg          sync.WaitGroup
+	janitorWake chan struct{}
+
+	teardownOnce sync.Once
+	teardownErr  error
+}
+
+// export is one opened export.
+type export struct {
+	cfg                ExportConfig
+	file               *backend.File
+	features           wire.Features // what it can do, RESUME included
+	maxTransfer        uint32
+	physicalBlock      uint32
+	discardGranularity uint32
+	ex                 *executor // nil with workerPerConn
+}
+
+// New checks cfg and opens every export (O_DIRECT unless Buffered), so
+// that every configuration mistake is reported before anything listens.
+func New(cfg Config) (*Server, error) {
+	cfg, acl, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:         cfg,
+		log:         cfg.Log,
+		exports:     map[string]*export{},
+		conns:       map[*conn]struct{}{},
+		sessions:    map[wire.Token]*session{},
+		stopCh:      make(chan struct{}),
+		janitorWake: make(chan struct{}, 1),
+	}
+	s.acl.Store(acl)
+	for _, ec := range cfg.Exports {
+		e, err := s.openExport(ec)
+		if err != nil {
+			s.closeExports()
+			return nil, err
+		}
+		s.exports[ec.Name] = e
+		s.list = append(s.list, e)
+	}
+	s.wg.Add(1)
+	go s.janitor()
+	return s, nil
+}
+
+func (s *Server) workerDepth() int {
+	if s.cfg.workerDepth > 0 {
+		return s.cfg.workerDepth
+	}
+	if s.cfg.workerPerConn {
+		// Enough that a connection at MaxInflight never overflows the
+		// Worker's queue (4× depth).
+		return min(max(int(s.cfg.MaxInflight)/4, 16), defaultWorkerDepth)
+	}
+	return defaultWorkerDepth
+}
+
+func (s *Server) openExport(ec ExportConfig) (*export, error) {
+	f, err := backend.Open(ec.Path, backend.Options{ReadOnly: ec.ReadOnly, Buffered: ec.Buffered})
+	if err != nil {
+		return nil, fmt.Errorf("export %q: %w", ec.Name, err)
+	}
+	lbs := f.LogicalBlockSize()
+	e := &export{cfg: ec, file: f, features: wire.FeatResume}
+	e.maxTransfer = s.cfg.MaxTransfer / lbs * lbs
+	if e.maxTransfer == 0 {
+		f.Close()
+		return nil, fmt.Errorf("export %q: max transfer %d is smaller than its %d-byte logical block", ec.Name, s.cfg.MaxTransfer, lbs)
+	}
+	e.physicalBlock = f.PhysicalBlockSize()
+	if e.physicalBlock < lbs || bits.OnesCount32(e.physicalBlock) != 1 {
+		e.physicalBlock = lbs
+	}
+	caps := f.Caps()
+	if caps.Flush {
+		e.features |= wire.FeatFlush
+	}
+	if caps.FUA {
+		e.features |= wire.FeatFUA
+	}
+	if caps.WriteZeroes {
+		e.features |= wire.FeatWriteZeroes
+	}
+	if caps.Discard {
+		e.features |= wire.FeatDiscard
+		g := max(caps.DiscardGranularity, lbs)
+		e.discardGranularity = (g + lbs - 1) / lbs * lbs
+	}
+	if !s.cfg.workerPerConn {
+		if e.ex, err = newExecutor(s.workerDepth()); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("export %q: %w", ec.Name, err)
+		}
+	}
+	s.log.Info("export ready", zap.String("export", ec.Name), zap.Stringer("file", f),
+		zap.Stringer("features", e.features), zap.Uint32("max_transfer", e.maxTransfer))
+	return e, nil
+}
+
+// closeExports stops the Workers (after their ops completed), syncs the
+// writable exports and closes them.
+func (s *Server) closeExports() error {
+	var errs []error
+	for _, e := range s.list {
+		if e.ex != nil {
+			if err := e.ex.close(); err != nil {
+				errs = append(errs, fmt.Errorf("export %q: %w", e.cfg.Name, err))
+			}
+		}
+	}
+	for _, e := range s.list {
+		if !e.cfg.ReadOnly {
+			if err := e.file.Sync(backend.OpFlush, 0, 0, nil, 0); err != nil {
+				errs = append(errs, fmt.Errorf("export %q: fdatasync: %w", e.cfg.Name, err))
+			}
+		}
+		if err := e.file.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("export %q: %w", e.cfg.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SetAccess replaces the access list. New connections and every
+// handshake from now on (resumes included) are checked against it;
+// established connections keep their session.
+func (s *Server) SetAccess(a ACL) error {
+	t, err := a.compile()
+	if err != nil {
+		return err
+	}
+	s.acl.Store(t)
+	return nil
+}
+
+// Serve accepts connections on l until ctx ends or Shutdown begins, then
+// closes l. Several Serve calls may run at once, on different listeners.
+// It returns ErrServerClosed after Shutdown, ctx.Err() when ctx ended it,
+// or the error that broke the listener.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	lctx, cancel := context.WithCancel(ctx)
+	closed := make(chan struct{})
+	go func() { // closes l to end Accept; waited for below
+		defer close(closed)
+		select {
+		case <-lctx.Done():
+		case <-s.stopCh:
+		}
+		l.Close()
+	}()
+	defer func() {
+		cancel()
+		<-closed
+	}()
+	s.log.Info("listening", zap.Stringer("addr", l.Addr()))
+	backoff := 5 * time.Millisecond
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			select {
+			case <-s.stopCh:
+				return ErrServerClosed
+			default:
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if temporaryAcceptError(err) {
+				s.log.Warn("accept", zap.Stringer("addr", l.Addr()), zap.Error(err), zap.Duration("retry_in", backoff))
+				select {
+				case <-time.After(backoff):
+				case <-lctx.Done():
+				case <-s.stopCh:
+				}
+				backoff = min(2*backoff, time.Second)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
+		}
+		backoff = 5 * time.Millisecond
+		s.accept(nc)
+	}
+}
+
+func temporaryAcceptError(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
+
+// accept applies the access list (refused peers are closed before any
+// handshake) and starts the connection's goroutine.
+func (s *Server) accept(nc net.Conn) {
+	p := peerOf(nc)
+	access, rule := s.acl.Load().lookup(p)
+	if access == Deny {
+		s.log.Warn("connection refused: peer is not on the access list", zap.String("peer", p.desc), zap.String("rule", rule))
+		nc.Close()
+		return
+	}
+	c := newConn(s, nc, p)
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.wg.Add(1)
+	s.conns[c] = struct{}{}
+	_ = nc.SetDeadline(time.Now().Add(HandshakeTimeout))
+	s.mu.Unlock()
+	c.log.Debug("accepted", zap.String("access", access.String()), zap.String("rule", rule))
+	go c.serve()
+}
+
+func (s *Server) unregister(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// attachSession resumes the HELLO's session (same export, RESUME in
+// effect) or starts a new one, with c as its current connection.
+func (s *Server) attachSession(c *conn, h *wire.Hello) (*session, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return nil, false, ErrServerClosed
+	}
+	if h.HasSession && c.features&wire.FeatResume != 0 {
+		sess := s.sessions[h.Session]
+		switch {
+		case sess == nil:
+			c.log.Info("unknown session token (expired, or another exporter run): starting a new session",
+				zap.Stringer("token", h.Session))
+		case sess.exp != c.exp:
+			c.log.Warn("session token belongs to another export: starting a new session",
+				zap.Stringer("token", h.Session), zap.String("token_export", sess.exp.cfg.Name))
+		default:
+			c.sess = sess
+			if old := sess.attach(c); old != nil {
+				c.log.Info("fenced the session's previous connection", zap.Uint64("previous", old.id))
+			}
+			return sess, true, nil
+		}
+	}
+	sess := &session{srv: s, token: wire.NewToken(), exp: c.exp, current: c}
+	sess.log = s.log.With(zap.String("export", c.exp.cfg.Name), zap.Stringer("session", sess.token))
+	s.sessions[sess.token] = sess
+	c.sess = sess
+	return sess, false, nil
+}
+
+// detach is called when c ends: its session lingers for a resume, or is
+// forgotten at once when it cannot be resumed.
+func (s *Server) detach(c *conn) {
+	sess := c.sess
+	if sess == nil || !sess.detach(c) {
+		return
+	}
+	if s.cfg.SessionLinger < 0 || c.features&wire.FeatResume == 0 {
+		s.forget(sess, nil, "connection ended and the session cannot be resumed")
+		return
+	}
+	select {
+	case s.janitorWake <- struct{}{}:
+	default:
+	}
+}
+
+// forget drops a session if c is its current connection (or, with c nil,
+// if it has none).
+func (s *Server) forget(sess *session, c *conn, why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	if sess.current != c || sess.gone {
+		return
+	}
+	sess.current = nil
+	sess.gone = true
+	delete(s.sessions, sess.token)
+	sess.log.Info("session forgotten", zap.String("why", why))
+}
+
+// janitor drops sessions that stayed detached for SessionLinger (and have
+// nothing executing).
+func (s *Server) janitor() {
+	defer s.wg.Done()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopCh:
+			return
+		case <-s.janitorWake:
+		case <-t.C:
+		}
+		next := s.expireSessions(time.Now())
+		t.Reset(next)
+	}
+}
+
+// expireSessions forgets expired sessions and returns the time until the
+// next may expire.
+func (s *Server) expireSessions(now time.Time) time.Duration {
+	linger := s.cfg.SessionLinger
+	next := time.Hour
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for tok, sess := range s.sessions {
+		sess.mu.Lock()
+		if sess.current == nil && !sess.gone {
+			left := linger - now.Sub(sess.detached)
+			switch {
+			case left > 0:
+				next = min(next, left)
+			case sess.executing > 0:
+				next = min(next, max(linger/8, 10*time.Millisecond))
+			default:
+				sess.gone = true
+				delete(s.sessions, tok)
+				sess.log.Info("session expired", zap.Duration("linger", linger))
+			}
+		}
+		sess.mu.Unlock()
+	}
+	return next
+}
+
+// Shutdown stops the server: it stops accepting (closing the listeners
+// given to Serve); tells every connection to stop reading, finishes what
+// each has in flight, sends the replies and GOODBYE, and closes it
+// (connections still in their handshake get a second to send their HELLO,
+// answered BUSY); then it waits for every I/O, fdatasyncs every writable
+// export and closes them. If ctx ends first, the remaining connections are
+// closed at once (no GOODBYE) and Shutdown still waits for the I/O in
+// flight before closing the exports. It returns the sync and close errors.
+// It may be called more than once, and after Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.beginStop()
+	done := make(chan struct{})
+	go func() { // waited for below in every case
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.abortAll("shutdown: " + context.Cause(ctx).Error())
+		<-done
+	}
+	s.teardownOnce.Do(func() {
+		s.teardownErr = s.closeExports()
+		s.mu.Lock()
+		clear(s.sessions)
+		s.mu.Unlock()
+		if s.teardownErr != nil {
+			s.log.Warn("shutdown", zap.Error(s.teardownErr))
+		} else {
+			s.log.Info("exporter stopped")
+		}
+	})
+	return s.teardownErr
+}
+
+// Close stops the server at once: like Shutdown, without waiting for
+// connections to finish or sending GOODBYE.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return s.Shutdown(ctx)
+}
+
+func (s *Server) beginStop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return
+	}
+	s.stopping = true
+	close(s.stopCh)
+	for c := range s.conns {
+		c.stopReading()
+	}
+}
+
+func (s *Server) abortAll(why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		c.abort(why)
+	}
+}
