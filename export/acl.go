@@ -81,6 +81,9 @@ func ParseRule(s string) (Rule, error) {
 	if who == "unix" {
 		return Rule{Local: true, Access: a}, nil
 	}
+	if strings.Contains(who, "%") {
+		return Rule{}, fmt.Errorf("access rule %q: IPv6 zones are not allowed", s)
+	}
 	var p netip.Prefix
 	if strings.Contains(who, "/") {
 		p, err = netip.ParsePrefix(who)
@@ -93,9 +96,6 @@ func ParseRule(s string) (Rule, error) {
 	}
 	if err != nil {
 		return Rule{}, fmt.Errorf("access rule %q: %q is not an IP address or CIDR prefix (e.g. 192.168.1.0/24, fd00::/8)", s, who)
-	}
-	if p.Addr().Zone() != "" {
-		return Rule{}, fmt.Errorf("access rule %q: IPv6 zones are not allowed", s)
 	}
 	return Rule{Prefix: canonPrefix(p), Access: a}, nil
 }
