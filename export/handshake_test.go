@@ -87,9 +87,11 @@ func TestHandshakeRefusals(t *testing.T) {
 			code: wire.RefuseMalformed, reason: "magic",
 		},
 		{
-			name:  "duplicate attribute",
-			hello: func(t *testing.T) []byte { return helloBytes(t, good, withAttr(wire.AttrHelloFeatures, make([]byte, 8))) },
-			code:  wire.RefuseMalformed, reason: "appears twice",
+			name: "duplicate attribute",
+			hello: func(t *testing.T) []byte {
+				return helloBytes(t, good, withAttr(wire.AttrHelloFeatures, make([]byte, 8)))
+			},
+			code: wire.RefuseMalformed, reason: "appears twice",
 		},
 		{
 			name: "truncated attribute",
