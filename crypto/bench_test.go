@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"testing"
+	"time"
 )
 
 var benchSizes = []int{4 << 10, 128 << 10}
@@ -110,4 +111,33 @@ func benchStream(b *testing.B, s Suite, n, inline int) {
 	}
 	q.Close()
 	<-done
+}
+
+// BenchmarkPoolLatency: one frame at a time (queue depth 1): the cost of
+// handing a frame to a worker and waking the consumer, against doing the
+// work inline. With nothing else in flight the pool can only add latency.
+func BenchmarkPoolLatency(b *testing.B) {
+	for _, s := range []Suite{CRC32C, AES256GCM} {
+		for _, n := range []int{0, 4 << 10, 64 << 10} {
+			for _, mode := range []string{"inline", "pool"} {
+				b.Run(fmt.Sprintf("%v/%s/%s", s, sizeName(n), mode), func(b *testing.B) {
+					inline := math.MaxInt
+					if mode == "pool" {
+						inline = -1
+					}
+					p := NewPool(PoolConfig{Idle: time.Second})
+					defer p.Close()
+					c, _ := testSession(b, s)
+					q := p.NewQueue(1, inline)
+					j := &Job{Hdr: testHdr(1), Payload: make([]byte, n), Body: make([]byte, n+s.TagSize())}
+					b.ReportAllocs()
+					for b.Loop() {
+						j.Frame, _ = c.Send.Next(n)
+						q.Submit(j)
+						q.Next()
+					}
+				})
+			}
+		}
+	}
 }

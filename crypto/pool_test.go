@@ -238,3 +238,37 @@ func TestDefaultInline(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolBatch: a writer that seals a batch through the pool and takes
+// it back itself (submit up to depth, then Next each), as txn's run loop
+// would before one writev.
+func TestPoolBatch(t *testing.T) {
+	checkNoLeak(t)
+	p := NewPool(PoolConfig{Max: 2})
+	defer p.Close()
+	c, e := testSession(t, AES256GCM)
+	const depth = 16
+	q := p.NewQueue(depth, DefaultInline(AES256GCM))
+	jobs := make([]Job, depth)
+	for round := range 50 {
+		n := 1 + round%depth
+		for i := range n {
+			size := (i * 5000) % 40000
+			j := &jobs[i]
+			f, _ := c.Send.Next(size)
+			*j = Job{Frame: f, Hdr: testHdr(i), Payload: bytes.Repeat([]byte{byte(i)}, size), Body: make([]byte, size+16), Data: i}
+			q.Submit(j)
+		}
+		for i := range n {
+			j, _ := q.Next()
+			if j.Data.(int) != i {
+				t.Fatalf("round %d: job %d out as %d", round, j.Data.(int), i)
+			}
+			plain := make([]byte, len(j.Payload))
+			if err := e.Recv.OpenTo(j.Hdr, j.Body, plain); err != nil || !bytes.Equal(plain, j.Payload) {
+				t.Fatalf("round %d job %d: %v", round, i, err)
+			}
+		}
+	}
+	q.Close()
+}
