@@ -1,0 +1,115 @@
+package txn
+
+import (
+	"context"
+
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dst-dev/dst/export"
+	"github.com/dst-dev/dst/export/exporttest"
+	"github.com/dst-dev/dst/internal/uring"
+	"github.com/dst-dev/dst/internal/wire"
+)
+
+// BenchmarkClient drives the engine and its driver against a real exporter
+// over loopback TCP on a real file with O_DIRECT, keeping `depth` requests
+// in flight, and reports IOPS, MB/s and latency percentiles. The exporter
+// runs in the same process, so allocs/op counts both sides.
+func BenchmarkClient(b *testing.B) {
+	jobs := []struct {
+		name  string
+		op    wire.Op
+		bs    int
+		depth int
+		seq   bool
+	}{
+		{"randread-4k-qd1", wire.OpRead, 4096, 1, false},
+		{"randread-4k-qd32", wire.OpRead, 4096, 32, false},
+		{"randwrite-4k-qd1", wire.OpWrite, 4096, 1, false},
+		{"randwrite-4k-qd32", wire.OpWrite, 4096, 32, false},
+		{"read-128k-qd8", wire.OpRead, 128 << 10, 8, true},
+		{"write-128k-qd8", wire.OpWrite, 128 << 10, 8, true},
+	}
+	const size = 256 << 20
+	path := exporttest.File(b, size)
+	cfg := export.Config{
+		Exports: []export.ExportConfig{{Name: "disk", Path: path}},
+		Access:  export.ACL{AllowAll: export.ReadWrite},
+	}
+	_, addr := exporttest.Start(b, cfg, exporttest.TCP4)
+	for _, j := range jobs {
+		b.Run(j.name, func(b *testing.B) {
+			c, err := Dial(context.Background(), Options{URL: addr + "/disk", Capacity: 2 * j.depth})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close(context.Background())
+			slab, _ := uring.AlignedBuffer(j.depth * j.bs)
+			defer uring.FreeBuffer(slab)
+			var (
+				mu       sync.Mutex
+				started  = make([]time.Time, j.depth)
+				lat      = make([]time.Duration, 0, b.N+j.depth)
+				issued   atomic.Int64
+				finished = make(chan struct{})
+				rng      = rand.New(rand.NewPCG(1, 2))
+				seqOff   uint64
+				failed   atomic.Int64
+			)
+			next := func(h Handle) {
+				var off uint64
+				if j.seq {
+					off = seqOff
+					seqOff = (seqOff + uint64(j.bs)) % size
+				} else {
+					off = uint64(rng.IntN(size/j.bs)) * uint64(j.bs)
+				}
+				started[h] = time.Now()
+				c.Submit(h, j.op, 0, off, uint32(j.bs), slab[int(h)*j.bs:(int(h)+1)*j.bs])
+			}
+			var done int64
+			c.SetDeliver(func(comps []Completion) {
+				mu.Lock()
+				defer mu.Unlock()
+				for _, cp := range comps {
+					if cp.Err != 0 {
+						failed.Add(1)
+					}
+					lat = append(lat, time.Since(started[cp.Handle]))
+					done++
+					if issued.Load() < int64(b.N) {
+						issued.Add(1)
+						next(cp.Handle)
+					} else if done == issued.Load() {
+						close(finished)
+					}
+				}
+			})
+			b.ReportAllocs()
+			b.SetBytes(int64(j.bs))
+			b.ResetTimer()
+			start := time.Now()
+			mu.Lock()
+			for h := 0; h < j.depth && issued.Load() < int64(b.N); h++ {
+				issued.Add(1)
+				next(Handle(h))
+			}
+			mu.Unlock()
+			<-finished
+			el := time.Since(start)
+			b.StopTimer()
+			if failed.Load() > 0 {
+				b.Fatalf("%d requests failed", failed.Load())
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(b.N)/el.Seconds(), "IOPS")
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+}
