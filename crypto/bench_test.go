@@ -7,6 +7,10 @@ import (
 	"time"
 )
 
+// benchMaxWorkers is the pool size of BenchmarkPool (0: GOMAXPROCS);
+// set with -workers.
+var benchMaxWorkers = 0
+
 var benchSizes = []int{4 << 10, 128 << 10}
 
 func sizeName(n int) string {
@@ -81,7 +85,7 @@ func BenchmarkPool(b *testing.B) {
 }
 
 func benchStream(b *testing.B, s Suite, n, inline int) {
-	p := NewPool(PoolConfig{})
+	p := NewPool(PoolConfig{Max: benchMaxWorkers})
 	defer p.Close()
 	c, _ := testSession(b, s)
 	const depth = 64
