@@ -15,13 +15,6 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/dst
 FUZZTIME ?= 5s
-# Every fuzz target as package:FuzzName.
-FUZZ_TARGETS := \
-	./internal/wire:FuzzParseRequest ./internal/wire:FuzzParseReply \
-	./internal/wire:FuzzReadHello ./internal/wire:FuzzReadWelcome \
-	./internal/wire:FuzzAttrs ./internal/wire:FuzzStreamFramer \
-	./transport:FuzzParseURL
-
 .PHONY: all build test lint hosttest fuzz vmtest bench bench-vm demo clean deps
 
 all: build
@@ -43,12 +36,9 @@ lint:
 hosttest: deps
 	$(GO) test -race -count=1 -timeout 20m ./...
 
+# fuzz runs every FuzzXxx of the module for FUZZTIME each.
 fuzz:
-	@set -e; for t in $(FUZZ_TARGETS); do \
-		pkg=$${t%%:*}; name=$${t##*:}; \
-		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
-	done
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 vmtest: build
 	vmtest/run.sh

@@ -503,11 +503,25 @@ func (c *Client) Close(ctx context.Context) error {
 	case c.wake <- struct{}{}:
 	default:
 	}
+	// Wait for the exporter's echo while there is a connection to carry
+	// it; with none, there is nobody to say goodbye to.
 	var err error
-	select {
-	case <-c.detached:
-	case <-ctx.Done():
-		err = fmt.Errorf("detach from %s: %w", c.url, ctx.Err())
+	poll := time.NewTicker(20 * time.Millisecond)
+	defer poll.Stop()
+wait:
+	for {
+		select {
+		case <-c.detached:
+			break wait
+		case <-ctx.Done():
+			err = fmt.Errorf("detach from %s: %w", c.url, ctx.Err())
+			break wait
+		case <-poll.C:
+			if c.State() != Up {
+				err = fmt.Errorf("detach from %s: not connected; requests still in flight failed with EIO", c.url)
+				break wait
+			}
+		}
 	}
 	close(c.quit)
 	c.mu.Lock()

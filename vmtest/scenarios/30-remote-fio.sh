@@ -1,0 +1,52 @@
+#!/bin/sh
+# A remote device over loopback inside the guest: `dst export` serves a
+# file, `dst attach` makes /dev/ublkbN of it; fio crc32c verify at 4k
+# (depth 1 and 32) and 1m over TCP, and shorter runs over IPv6 and a Unix
+# socket. dst list shows the URL and the connection state.
+# timeout: 300
+set -eu
+. /tests/lib.sh
+need_dst
+
+backing=$VMTEST_TMP/export.img
+mk_file "$backing" 128
+run_bg exp "$DST" export --listen dst://127.0.0.1:10811 --listen 'dst://[::1]:10812' \
+	--listen "dst+unix://$VMTEST_TMP/dst.sock" --export disk="$backing" --allow 127.0.0.1/32=rw --allow ::1/128=rw
+wait_for_file "$VMTEST_TMP/dst.sock" 20 || fail "exporter did not start: $(tail -n 3 "$VMTEST_TMP/exp.log")"
+
+# attach NAME URL: start dst attach and print its device path.
+attach() {
+	run_bg "$1" "$DST" attach --timeout 5s --retries 6 "$2"
+	_i=0
+	until _d=$(grep -m 1 -E '^/dev/ublkb[0-9]+$' "$VMTEST_TMP/$1.log") && [ -b "$_d" ]; do
+		bg_alive "$1" || fail "dst attach $2 exited: $(tail -n 2 "$VMTEST_TMP/$1.log")"
+		_i=$((_i + 1)); [ $_i -le 600 ] || fail "dst attach $2 showed no device within 30s"
+		sleep 0.05
+	done
+	echo "$_d"
+}
+
+dev=$(attach tcp dst://127.0.0.1:10811/disk)
+[ "$(dev_size "$dev")" = $((128 << 20)) ] || fail "$dev has $(dev_size "$dev") bytes, want 128 MiB"
+id=${dev#/dev/ublkb}
+"$DST" list --json | jq -e --argjson id "$id" '.[] | select(.id == $id and .url == "dst://127.0.0.1:10811/disk" and .conn == "up")' >/dev/null ||
+	fail "dst list does not show $dev with its URL and state up: $("$DST" list)"
+log "remote device $dev: $("$DST" list | tail -n +2)"
+fio_verify "$dev" 4k 1
+fio_verify "$dev" 4k 32
+fio_verify "$dev" 1m 8
+stop_bg tcp TERM 30 || fail "dst attach did not exit cleanly after SIGTERM"
+wait_for_gone "$dev" 10
+
+dev=$(attach tcp6 'dst://[::1]:10812/disk')
+FIO_VERIFY_SIZE=4M fio_verify "$dev" 4k 16
+stop_bg tcp6 TERM 30 || fail "dst attach (IPv6) did not exit cleanly"
+wait_for_gone "$dev" 10
+
+dev=$(attach unix "dst+unix://$VMTEST_TMP/dst.sock?export=disk")
+FIO_VERIFY_SIZE=4M fio_verify "$dev" 64k 8
+stop_bg unix TERM 30 || fail "dst attach (unix) did not exit cleanly"
+wait_for_gone "$dev" 10
+
+stop_bg exp TERM 30 || fail "dst export did not exit cleanly after SIGTERM"
+log "remote device over TCP, IPv6 and a Unix socket: OK"
