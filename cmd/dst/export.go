@@ -1,18 +1,281 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+
+	"github.com/dst-dev/dst/export"
+	"github.com/dst-dev/dst/internal/wire"
+	"github.com/dst-dev/dst/transport"
 )
 
-// exportCommand is replaced by the exporter's real command.
+// defaultListen is where dst export listens without --listen: every
+// address, IPv6 and IPv4 (dual stack), on the DST port, as nbdkit listens
+// on every address by default. The access list is mandatory, so this
+// exposes nothing by itself. Hosts without IPv6 fall back to
+// defaultListen4.
+const (
+	defaultListen  = "dst://[::]:10811"
+	defaultListen4 = "dst://0.0.0.0:10811"
+	// exportShutdownTimeout bounds the clean stop after SIGINT/SIGTERM.
+	exportShutdownTimeout = 30 * time.Second
+)
+
+// multiFlag collects a repeatable flag's values as given: unlike
+// cli.StringSliceFlag it does not split them on commas (--export takes
+// NAME=PATH,ro). The flags using it have no aliases: urfave/cli copies an
+// aliased flag's value to its other names through Set, which would add it
+// twice.
+type multiFlag []string
+
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
+
 func exportCommand() *cli.Command {
 	return &cli.Command{
-		Name:  "export",
-		Usage: "serve local files and disks to dst clients",
-		Action: func(c *cli.Context) error {
-			return errors.New("the exporter is not built yet")
+		Name:      "export",
+		Usage:     "serve local files and disks to dst clients (runs in the foreground)",
+		ArgsUsage: " ",
+		Description: "Serves each --export to dst clients (dst attach) over the DST protocol.\n\n" +
+			"Without --listen it listens on every address, IPv6 and IPv4, port 10811\n" +
+			"(" + defaultListen + "; " + defaultListen4 + " where IPv6 is off). Give --listen once per\n" +
+			"address: dst://127.0.0.1:10811, dst://[::1]:10811, dst+unix:///run/dst.sock; port 0 picks\n" +
+			"a free port. One line per listener is printed on stdout once it is ready:\n" +
+			"\"listening URL\" with the real address.\n\n" +
+			"An access list is required: --allow CIDR=rw|ro for IP clients (the most specific\n" +
+			"prefix wins), or --allow-all=rw|ro to admit everyone. Clients not on it are\n" +
+			"disconnected before the handshake. Unix-socket clients are admitted by the socket\n" +
+			"file's permissions (mode 0660) and get read-write unless --allow unix=ro.\n" +
+			"A session is read-only if the export is (,ro), the client's rule is ro, or the\n" +
+			"client asks for it.\n\n" +
+			"Exports are opened with O_DIRECT; add ,buffered for filesystems without it.\n" +
+			"SIGINT or SIGTERM stops it cleanly: in-flight requests finish and are answered,\n" +
+			"clients are told GOODBYE (they reconnect elsewhere or later), the exports are\n" +
+			"synced (at most 30s).",
+		Flags: []cli.Flag{
+			&cli.GenericFlag{Name: "listen", Value: &multiFlag{},
+				Usage: "listen on `URL` (repeatable; default " + defaultListen + ")"},
+			&cli.GenericFlag{Name: "export", Value: &multiFlag{},
+				Usage: "serve `NAME=PATH[,ro][,buffered]`: the file or block device PATH as export NAME; ro: read-only, buffered: no O_DIRECT (repeatable, at least one)"},
+			&cli.GenericFlag{Name: "allow", Value: &multiFlag{},
+				Usage: "admit `CIDR=rw|ro`: clients in CIDR (an address alone is /32 or /128) read-write or read-only; unix=rw|ro for Unix-socket clients (repeatable)"},
+			&cli.StringFlag{Name: "allow-all", Usage: "admit every client no --allow rule matches, `rw|ro`"},
+			&cli.UintFlag{Name: "max-inflight", Value: wire.DefaultMaxInflight,
+				Usage: "`N` requests a connection may have outstanding (1..65536)"},
+			&cli.StringFlag{Name: "max-transfer", Value: "1MiB", Usage: "largest read or write, `SIZE` from 512B to 32MiB"},
+			&cli.StringFlag{Name: "name", Usage: "exporter `NAME` shown to clients (default: the host name)"},
 		},
+		Action: runExport,
 	}
+}
+
+// exportConfig turns the command line into an export.Config, checking
+// everything that can be checked without opening files.
+func exportConfig(c *cli.Context) (export.Config, []string, error) {
+	var cfg export.Config
+	if c.NArg() > 0 {
+		return cfg, nil, usagef("export takes no arguments (got %q): use --export NAME=PATH", c.Args().First())
+	}
+	exports := *c.Generic("export").(*multiFlag)
+	if len(exports) == 0 {
+		return cfg, nil, usagef("nothing to export: add --export NAME=PATH[,ro][,buffered]")
+	}
+	seen := map[string]bool{}
+	for _, s := range exports {
+		e, err := parseExport(s)
+		if err != nil {
+			return cfg, nil, usagef("--export %s: %v", s, err)
+		}
+		if seen[e.Name] {
+			return cfg, nil, usagef("--export %s: export %q is given twice", s, e.Name)
+		}
+		seen[e.Name] = true
+		cfg.Exports = append(cfg.Exports, e)
+	}
+	for _, s := range *c.Generic("allow").(*multiFlag) {
+		r, err := export.ParseRule(s)
+		if err != nil {
+			return cfg, nil, usagef("--allow: %v", err)
+		}
+		cfg.Access.Rules = append(cfg.Access.Rules, r)
+	}
+	if s := c.String("allow-all"); c.IsSet("allow-all") {
+		a, err := export.ParseAccess(s)
+		if err != nil {
+			return cfg, nil, usagef("--allow-all: %v", err)
+		}
+		cfg.Access.AllowAll = a
+	}
+	if len(cfg.Access.Rules) == 0 && cfg.Access.AllowAll == export.Deny {
+		return cfg, nil, usageError{export.ErrNoACL}
+	}
+	mi := c.Uint("max-inflight")
+	if mi < 1 || mi > wire.MaxInflightLimit {
+		return cfg, nil, usagef("--max-inflight %d out of range: need 1..%d", mi, wire.MaxInflightLimit)
+	}
+	cfg.MaxInflight = uint32(mi)
+	mt, err := parseSize(c.String("max-transfer"))
+	if err != nil {
+		return cfg, nil, usagef("--max-transfer: %v", err)
+	}
+	if mt < 512 || mt > wire.MaxTransferLimit || mt%512 != 0 {
+		return cfg, nil, usagef("--max-transfer %s: need a multiple of 512 bytes from 512B to 32MiB", c.String("max-transfer"))
+	}
+	cfg.MaxTransfer = uint32(mt)
+	if n := c.String("name"); n != "" {
+		if len(n) > wire.MaxNameLen {
+			return cfg, nil, usagef("--name is %d bytes, at most %d", len(n), wire.MaxNameLen)
+		}
+		cfg.Name = n
+	}
+
+	listens := *c.Generic("listen").(*multiFlag)
+	for i, s := range listens {
+		u, err := transport.ParseURL(s)
+		if err != nil {
+			return cfg, nil, usagef("--listen: %v", err)
+		}
+		if u.Export != "" {
+			return cfg, nil, usagef("--listen %s: a listen URL names no export (exports are given with --export)", s)
+		}
+		for _, prev := range listens[:i] {
+			// Port 0 listeners are distinct: each gets its own port.
+			if p, _ := transport.ParseURL(prev); p != nil && p.String() == u.String() && !strings.HasSuffix(u.Address, ":0") {
+				return cfg, nil, usagef("--listen %s is given twice", s)
+			}
+		}
+	}
+	return cfg, listens, nil
+}
+
+// parseExport reads NAME=PATH[,ro][,buffered]. PATH cannot contain commas.
+func parseExport(s string) (export.ExportConfig, error) {
+	var e export.ExportConfig
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || rest == "" {
+		return e, errors.New("want NAME=PATH[,ro][,buffered]")
+	}
+	if err := wire.ValidExportName(name); err != nil {
+		var he *wire.HandshakeError
+		if errors.As(err, &he) {
+			return e, fmt.Errorf("bad export name: %s", he.Reason)
+		}
+		return e, err
+	}
+	parts := strings.Split(rest, ",")
+	e.Name, e.Path = name, parts[0]
+	if e.Path == "" {
+		return e, errors.New("empty path")
+	}
+	for _, o := range parts[1:] {
+		switch o {
+		case "ro":
+			e.ReadOnly = true
+		case "buffered":
+			e.Buffered = true
+		default:
+			return e, fmt.Errorf("unknown option %q (known: ro, buffered)", o)
+		}
+	}
+	return e, nil
+}
+
+func runExport(c *cli.Context) error {
+	cfg, listens, err := exportConfig(c)
+	if err != nil {
+		return err
+	}
+	cfg.Log = log
+	srv, err := export.New(cfg)
+	if err != nil {
+		return err
+	}
+	defaulted := len(listens) == 0
+	if defaulted {
+		listens = []string{defaultListen}
+	}
+	var (
+		lns   []net.Listener
+		bound []string
+	)
+	closeAll := func() {
+		for _, l := range lns {
+			l.Close()
+		}
+		srv.Close()
+	}
+	for _, s := range listens {
+		l, u, err := transport.Listen(c.Context, s, transport.Options{})
+		if err != nil && defaulted && (errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL)) {
+			log.Info("no IPv6: listening on IPv4 only", zap.Error(err))
+			l, u, err = transport.Listen(c.Context, defaultListen4, transport.Options{})
+		}
+		if err != nil {
+			closeAll()
+			return err
+		}
+		lns = append(lns, l)
+		bound = append(bound, u.String())
+	}
+
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	serveErr := make(chan error, len(lns))
+	for _, l := range lns {
+		go func() { serveErr <- srv.Serve(context.Background(), l) }()
+	}
+	for _, u := range bound {
+		fmt.Printf("listening %s\n", u)
+	}
+	log.Info("exporter ready", zap.Strings("listen", bound), zap.Int("exports", len(cfg.Exports)))
+
+	var runErr error
+	pending := len(lns)
+	select {
+	case s := <-sigs:
+		log.Info("stopping exporter", zap.String("signal", s.String()))
+	case err := <-serveErr:
+		pending--
+		runErr = err
+		log.Error("listener failed; stopping exporter", zap.Error(err))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), exportShutdownTimeout)
+	watched := make(chan struct{})
+	go func() { // a second signal: stop waiting for clients
+		defer close(watched)
+		select {
+		case s := <-sigs:
+			log.Warn("second signal: closing connections now", zap.String("signal", s.String()))
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err = srv.Shutdown(ctx)
+	late := ctx.Err() != nil
+	cancel()
+	<-watched
+	if err != nil {
+		runErr = errors.Join(runErr, err)
+	}
+	for ; pending > 0; pending-- {
+		if err := <-serveErr; err != nil && !errors.Is(err, export.ErrServerClosed) && runErr == nil {
+			runErr = err
+		}
+	}
+	if late {
+		log.Warn("shutdown did not finish in time: some connections were closed without GOODBYE")
+	}
+	return runErr
 }
