@@ -34,9 +34,10 @@ func TestRequests(t *testing.T) {
 			id := uint64(0)
 			next := func() uint64 { id++; return id }
 
-			t.Run("roundtrip", func(t *testing.T) { roundTrip(t, c, path, next) })
+			t.Run("roundtrip", func(t *testing.T) { roundTrip(t, c.For(t), path, next) })
 
 			t.Run("fua", func(t *testing.T) {
+				c := c.For(t)
 				data := pattern(64<<10, 7)
 				r := write(next(), 1<<20, data)
 				r.Flags = wire.FlagFUA
@@ -47,10 +48,12 @@ func TestRequests(t *testing.T) {
 			})
 
 			t.Run("flush", func(t *testing.T) {
+				c := c.For(t)
 				c.MustDo(wire.Request{Op: wire.OpFlush, ID: next()}, nil, wire.StatusOK)
 			})
 
 			t.Run("discard", func(t *testing.T) {
+				c := c.For(t)
 				const off, n = 4 << 20, 1 << 20
 				data := pattern(n, 8)
 				c.MustDo(write(next(), off, data), data, wire.StatusOK)
@@ -73,6 +76,7 @@ func TestRequests(t *testing.T) {
 			})
 
 			t.Run("write_zeroes", func(t *testing.T) {
+				c := c.For(t)
 				for _, flags := range []wire.Flags{0, wire.FlagNoUnmap} {
 					const off, n = 6 << 20, 256 << 10
 					data := pattern(n, 9)
@@ -85,6 +89,7 @@ func TestRequests(t *testing.T) {
 			})
 
 			t.Run("bad_range", func(t *testing.T) {
+				c := c.For(t)
 				before := sum(fileAt(t, path, testSize-bs, bs))
 				data := pattern(2*bs, 10)
 				for _, tc := range []struct {
@@ -167,6 +172,7 @@ func TestRequests(t *testing.T) {
 			})
 
 			t.Run("ping", func(t *testing.T) {
+				c := c.For(t)
 				r := c.MustDo(wire.Request{Op: wire.OpPing, ID: 1 << 63}, nil, wire.StatusOK)
 				if r != nil {
 					t.Fatal("PING reply with a payload")

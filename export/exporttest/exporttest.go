@@ -144,8 +144,10 @@ func StartListener(t testing.TB, cfg export.Config, l net.Listener) *export.Serv
 }
 
 // Client is a raw protocol client on one connection. Its methods fail the
-// test only where they say so; the others return errors, so that a test
-// can expect them.
+// test (the one it was made for, see For) only where they say so; the
+// others return errors, so that a test can expect them. A Client is not
+// safe for concurrent use, except that one goroutine may send while
+// another receives.
 type Client struct {
 	t       testing.TB
 	Conn    net.Conn
@@ -154,6 +156,13 @@ type Client struct {
 	// Timeout bounds every Recv (default 10 s).
 	Timeout time.Duration
 	hdr     [wire.ReplyHeaderSize]byte
+}
+
+// For returns a Client on the same connection that reports failures to
+// t: use it in a subtest, which must not fail its parent.
+func (c *Client) For(t testing.TB) *Client {
+	d := &Client{t: t, Conn: c.Conn, R: c.R, Welcome: c.Welcome, Timeout: c.Timeout}
+	return d
 }
 
 // Dial connects to addr (a URL as Start returns it) without a handshake.
