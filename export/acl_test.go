@@ -164,3 +164,26 @@ func TestNewErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, _, err := Config{
+		Exports: []ExportConfig{{Name: "a", Path: "/x"}},
+		Access:  ACL{AllowAll: ReadOnly},
+		Name:    "host\x1b[31m\nname",
+	}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Name != "host?[31m?name" {
+		t.Fatalf("exporter name %q: control characters not replaced", cfg.Name)
+	}
+	if cfg.MaxInflight != 1024 || cfg.MaxTransfer != 1<<20 || cfg.MaxBufferBytes != DefaultMaxBufferBytes ||
+		cfg.SessionLinger != DefaultSessionLinger || cfg.IdleTimeout != DefaultIdleTimeout || cfg.Log == nil {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+	long, _, err := Config{Exports: []ExportConfig{{Name: "a", Path: "/x"}}, Access: ACL{AllowAll: ReadOnly},
+		Name: strings.Repeat("é", 200)}.withDefaults()
+	if err != nil || len(long.Name) > 255 {
+		t.Fatalf("long name: %d bytes, %v", len(long.Name), err)
+	}
+}

@@ -3,8 +3,9 @@ package export
 import (
 	"fmt"
 	"os"
+	"strings"
 	"time"
-	"unicode/utf8"
+	"unicode"
 
 	"go.uber.org/zap"
 
@@ -136,10 +137,14 @@ func (cfg Config) withDefaults() (Config, *aclTable, error) {
 	if cfg.Name == "" {
 		cfg.Name, _ = os.Hostname()
 	}
-	cfg.Name = wire.SanitizeReason(cfg.Name) // valid UTF-8, at most 255 bytes
-	if !utf8.ValidString(cfg.Name) {
-		cfg.Name = ""
-	}
+	// A string of the protocol: valid UTF-8, at most 255 bytes, no
+	// control characters (PROTOCOL.md §2).
+	cfg.Name = wire.SanitizeReason(strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, cfg.Name))
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}

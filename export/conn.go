@@ -436,7 +436,8 @@ func (c *conn) releaseBuffer(n int) {
 // check applies the request checks of §5.2 to a new transaction of this
 // connection (called under the session lock, cheap and without syscalls):
 // op or flag not in effect (EOPNOTSUPP), write to a read-only export
-// (EROFS) or session (EPERM), range and alignment (backend Check; EINVAL).
+// (EROFS) or session (EPERM), range and alignment (backend Check: EINVAL,
+// or ENOSPC for a write past the end).
 func (c *conn) check(o *op) wire.Status {
 	var need wire.Features
 	switch o.wop {
@@ -463,15 +464,8 @@ func (c *conn) check(o *op) wire.Status {
 			return wire.StatusEPERM
 		}
 	}
-	if err := c.exp.file.Check(backendOp(o.wop), backendFlags(o.flags), o.off, o.length); err != nil {
-		st := wire.StatusOf(err)
-		if st == wire.StatusENOSPC {
-			// The backend says ENOSPC for a write past the end (as
-			// NBD does); PROTOCOL.md §4 says EINVAL for any range
-			// past the end.
-			st = wire.StatusEINVAL
-		}
-		return st
-	}
-	return wire.StatusOK
+	// Check's errnos are those of PROTOCOL.md §5.2: EINVAL for a
+	// misaligned or overflowing range and a read past the end, ENOSPC for
+	// a write (discard, write-zeroes) past the end.
+	return wire.StatusOf(c.exp.file.Check(backendOp(o.wop), backendFlags(o.flags), o.off, o.length))
 }

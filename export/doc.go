@@ -91,8 +91,11 @@
 //   - A request that fails the checks (range, alignment, EROFS, EPERM,
 //     EOPNOTSUPP) is recorded done with its status, so a resend gets the
 //     same answer even if the session's permissions changed meanwhile.
-//   - A write, discard or write-zeroes past the end is EINVAL (§4), where
-//     backend.Check says ENOSPC (the NBD convention).
+//   - A write past the end is ENOSPC (§5.2), and so are a discard and a
+//     write-zeroes past the end (backend.Check); a read past the end, a
+//     misaligned range and one whose end overflows are EINVAL.
+//   - Transaction ids are ≥ 1 (§3): a transaction with id 0 is answered
+//     EINVAL and not recorded.
 //   - An id reused for another op is refused with EINVAL, without
 //     touching the record. A new id whose entry is still executing (more
 //     than 65536 transactions outstanding in the session) is a protocol

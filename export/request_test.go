@@ -96,19 +96,24 @@ func TestRequests(t *testing.T) {
 					name string
 					req  wire.Request
 					data []byte
+					want wire.Status
 				}{
-					{"read past end", read(0, testSize, bs), nil},
-					{"read across end", read(0, testSize-bs, 2*bs), nil},
-					{"read misaligned offset", read(0, 100+bs, bs), nil},
-					{"read misaligned length", read(0, 0, bs+100), nil},
-					{"write across end", write(0, testSize-bs, data), data},
-					{"write misaligned", write(0, 100, data[:bs]), data[:bs]},
-					{"discard past end", wire.Request{Op: wire.OpDiscard, Offset: testSize, Length: bs}, nil},
-					{"write zeroes misaligned", wire.Request{Op: wire.OpWriteZeroes, Offset: 0, Length: 1000}, nil},
-					{"offset overflow", read(0, ^uint64(0)-bs+1, bs), nil},
+					{"read past end", read(0, testSize, bs), nil, wire.StatusEINVAL},
+					{"read across end", read(0, testSize-bs, 2*bs), nil, wire.StatusEINVAL},
+					{"read misaligned offset", read(0, 100+bs, bs), nil, wire.StatusEINVAL},
+					{"read misaligned length", read(0, 0, bs+100), nil, wire.StatusEINVAL},
+					{"write across end", write(0, testSize-bs, data), data, wire.StatusENOSPC},
+					{"write misaligned", write(0, 100, data[:bs]), data[:bs], wire.StatusEINVAL},
+					{"discard past end", wire.Request{Op: wire.OpDiscard, Offset: testSize, Length: bs}, nil, wire.StatusENOSPC},
+					{"write zeroes misaligned", wire.Request{Op: wire.OpWriteZeroes, Offset: 0, Length: 1000}, nil, wire.StatusEINVAL},
+					{"offset overflow", read(0, ^uint64(0)-bs+1, bs), nil, wire.StatusEINVAL},
+					{"write offset overflow", write(0, ^uint64(0)-bs+1, data[:bs]), data[:bs], wire.StatusEINVAL},
 				} {
 					tc.req.ID = next()
-					c.MustDo(tc.req, tc.data, wire.StatusEINVAL)
+					rep, _, err := c.Do(tc.req, tc.data)
+					if err != nil || rep.Status != tc.want {
+						t.Fatalf("%s: status %v, %v; want %v", tc.name, rep.Status, err, tc.want)
+					}
 				}
 				if sum(fileAt(t, path, testSize-bs, bs)) != before {
 					t.Fatal("a refused write changed the file")

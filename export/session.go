@@ -122,6 +122,14 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 		o.release()
 		return fenced, 0
 	}
+	if o.id == 0 {
+		// §3: transaction ids are ≥ 1. A client bug, not a framing
+		// error: refuse it without touching the record.
+		c.replyLocked(o, wire.StatusEINVAL)
+		s.mu.Unlock()
+		o.release()
+		return dispatched, 0
+	}
 	s.floor = max(s.floor, o.reqFloor)
 	if o.id < s.floor {
 		// Rule 4: below the floor, the entry may be gone.

@@ -248,8 +248,15 @@ func TestRecordRules(t *testing.T) {
 		// A request refused by the checks is done with its status:
 		// resent, it gets the same answer.
 		c := exporttest.Connect(t, addr, "disk")
-		c.MustDo(write(1, testSize, a), a, wire.StatusEINVAL)
-		c.MustDo(write(1, testSize, a), a, wire.StatusEINVAL)
+		c.MustDo(write(1, testSize, a), a, wire.StatusENOSPC)
+		c.MustDo(write(1, testSize, a), a, wire.StatusENOSPC)
+	})
+
+	t.Run("id 0", func(t *testing.T) {
+		c := exporttest.Connect(t, addr, "disk")
+		c.MustDo(write(0, blockX, a), a, wire.StatusEINVAL)
+		c.MustDo(read(0, blockX, bs), nil, wire.StatusEINVAL)
+		c.MustDo(wire.Request{Op: wire.OpPing, ID: 0}, nil, wire.StatusOK) // not a transaction
 	})
 }
 
