@@ -52,15 +52,17 @@ func (c *conn) handshake() bool {
 	if c.isStopping() {
 		return c.refuse(wire.RefuseBusy, "the exporter is shutting down; retry later")
 	}
-	exp := s.exports[hello.Export]
-	if exp == nil {
-		return c.refuse(wire.RefuseNoSuchExport, fmt.Sprintf("no export named %q here", hello.Export))
-	}
-	// Checked at accept too; again here because SetAccess may have
-	// changed the list, and a resume must meet the current one.
+	// §2.6: the access list, then the export name, then the permission.
+	// The list was checked at accept; again here because SetAccess may
+	// have changed it, and a resume must meet the current one. Before the
+	// export name, so that a refused peer cannot probe names.
 	access, rule := s.acl.Load().lookup(c.peer)
 	if access == Deny {
 		return c.refuse(wire.RefuseAccessDenied, fmt.Sprintf("%s is not on the access list", c.peer.desc))
+	}
+	exp := s.exports[hello.Export]
+	if exp == nil {
+		return c.refuse(wire.RefuseNoSuchExport, fmt.Sprintf("no export named %q here", hello.Export))
 	}
 	c.exp = exp
 	c.readOnly = exp.cfg.ReadOnly || access == ReadOnly || hello.WantReadOnly
