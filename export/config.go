@@ -62,6 +62,8 @@ type Config struct {
 	workerPerConn bool
 	// workerDepth overrides the Worker depth (tests).
 	workerDepth int
+	// maxSessions overrides maxSessionsHeld (tests).
+	maxSessions int
 }
 
 // ExportConfig is one export.

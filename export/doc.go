@@ -82,7 +82,8 @@
 //     has none, results stay in the record for the resend.
 //
 // A detached session is kept for SessionLinger (and while it has I/O
-// executing), then forgotten. DISCONNECT (§5.7): the reader stops, every
+// executing), then forgotten; at most 4096 sessions are held, beyond
+// which a new session forgets the detached one that waited longest. DISCONNECT (§5.7): the reader stops, every
 // transaction of the session finishes and is answered, DISCONNECT is
 // echoed, the connection is closed and the session forgotten.
 //

@@ -54,3 +54,7 @@ func (s *Server) Detached() int {
 
 // WorkerPerConn makes the server give every connection its own Worker.
 func WorkerPerConn(cfg *Config) { cfg.workerPerConn = true }
+
+// MaxSessions sets how many sessions the server holds before it forgets
+// detached ones.
+func MaxSessions(cfg *Config, n int) { cfg.maxSessions = n }

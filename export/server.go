@@ -307,11 +307,49 @@ func (s *Server) attachSession(c *conn, h *wire.Hello) (*session, bool, error) {
 			return sess, true, nil
 		}
 	}
+	if len(s.sessions) >= s.maxSessions() {
+		s.evictOldestLocked()
+	}
 	sess := &session{srv: s, token: wire.NewToken(), exp: c.exp, current: c}
 	sess.log = s.log.With(zap.String("export", c.exp.cfg.Name), zap.Stringer("session", sess.token))
 	s.sessions[sess.token] = sess
 	c.sess = sess
 	return sess, false, nil
+}
+
+// maxSessionsHeld bounds the sessions held at once: beyond it, starting a
+// session forgets the detached session that has waited longest, so that a
+// client cycling through connections cannot make the server hold
+// unbounded session records for SessionLinger.
+const maxSessionsHeld = 4096
+
+func (s *Server) maxSessions() int {
+	if s.cfg.maxSessions > 0 {
+		return s.cfg.maxSessions
+	}
+	return maxSessionsHeld
+}
+
+// evictOldestLocked forgets the detached session (with nothing executing)
+// that was detached first, if there is one. s.mu is held.
+func (s *Server) evictOldestLocked() {
+	var oldest *session
+	var at time.Time
+	for _, sess := range s.sessions {
+		sess.mu.Lock()
+		if sess.current == nil && !sess.gone && sess.executing == 0 && (oldest == nil || sess.detached.Before(at)) {
+			oldest, at = sess, sess.detached
+		}
+		sess.mu.Unlock()
+	}
+	if oldest == nil {
+		return
+	}
+	oldest.mu.Lock()
+	oldest.gone = true
+	oldest.mu.Unlock()
+	delete(s.sessions, oldest.token)
+	oldest.log.Info("session forgotten to make room", zap.Int("sessions", len(s.sessions)))
 }
 
 // detach is called when c ends: its session lingers for a resume, or is

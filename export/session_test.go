@@ -560,3 +560,32 @@ func TestResumeOtherExport(t *testing.T) {
 	nr.Close()
 	waitFor(t, 5*time.Second, "the session without RESUME to be forgotten", func() bool { return srv.NumSessions() == n })
 }
+
+// TestSessionCap: beyond the cap, a new session forgets the detached
+// session that waited longest; attached sessions are never forgotten.
+func TestSessionCap(t *testing.T) {
+	path := exporttest.File(t, testSize)
+	cfg := config(path)
+	export.MaxSessions(&cfg, 3)
+	srv, addr := exporttest.Start(t, cfg, exporttest.TCP4)
+	var tokens []wire.Token
+	for i := range 3 {
+		c := exporttest.Connect(t, addr, "disk")
+		tokens = append(tokens, c.Welcome.Session)
+		c.Close()
+		waitFor(t, 5*time.Second, "the session to detach", func() bool { return srv.Detached() == i+1 })
+	}
+	live := exporttest.Connect(t, addr, "disk") // forgets tokens[0]
+	if srv.NumSessions() != 3 {
+		t.Fatalf("%d sessions, want 3", srv.NumSessions())
+	}
+	if c := exporttest.Resume(t, addr, "disk", tokens[0]); c.Welcome.Resumed {
+		t.Fatal("the oldest detached session was kept")
+	} else {
+		c.Close()
+	}
+	if c := exporttest.Resume(t, addr, "disk", tokens[2]); !c.Welcome.Resumed {
+		t.Fatal("the newest detached session was forgotten")
+	}
+	live.MustDo(read(1, 0, bs), nil, wire.StatusOK)
+}
