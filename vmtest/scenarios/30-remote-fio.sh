@@ -14,19 +14,19 @@ run_bg exp "$DST" export --listen dst://127.0.0.1:10811 --listen 'dst://[::1]:10
 	--listen "dst+unix://$VMTEST_TMP/dst.sock" --export disk="$backing" --allow 127.0.0.1/32=rw --allow ::1/128=rw
 wait_for_file "$VMTEST_TMP/dst.sock" 20 || fail "exporter did not start: $(tail -n 3 "$VMTEST_TMP/exp.log")"
 
-# attach NAME URL: start dst attach and print its device path.
+# attach NAME URL: start dst attach (a child of this shell, so stop_bg can
+# collect its exit status) and set dev to its device path.
 attach() {
 	run_bg "$1" "$DST" attach --timeout 5s --retries 6 "$2"
 	_i=0
-	until _d=$(grep -m 1 -E '^/dev/ublkb[0-9]+$' "$VMTEST_TMP/$1.log") && [ -b "$_d" ]; do
+	until dev=$(grep -m 1 -E '^/dev/ublkb[0-9]+$' "$VMTEST_TMP/$1.log") && [ -b "$dev" ]; do
 		bg_alive "$1" || fail "dst attach $2 exited: $(tail -n 2 "$VMTEST_TMP/$1.log")"
 		_i=$((_i + 1)); [ $_i -le 600 ] || fail "dst attach $2 showed no device within 30s"
 		sleep 0.05
 	done
-	echo "$_d"
 }
 
-dev=$(attach tcp dst://127.0.0.1:10811/disk)
+attach tcp dst://127.0.0.1:10811/disk
 [ "$(dev_size "$dev")" = $((128 << 20)) ] || fail "$dev has $(dev_size "$dev") bytes, want 128 MiB"
 id=${dev#/dev/ublkb}
 "$DST" list --json | jq -e --argjson id "$id" '.[] | select(.id == $id and .url == "dst://127.0.0.1:10811/disk" and .conn == "up")' >/dev/null ||
@@ -38,12 +38,12 @@ fio_verify "$dev" 1m 8
 stop_bg tcp TERM 30 || fail "dst attach did not exit cleanly after SIGTERM"
 wait_for_gone "$dev" 10
 
-dev=$(attach tcp6 'dst://[::1]:10812/disk')
+attach tcp6 'dst://[::1]:10812/disk'
 FIO_VERIFY_SIZE=4M fio_verify "$dev" 4k 16
 stop_bg tcp6 TERM 30 || fail "dst attach (IPv6) did not exit cleanly"
 wait_for_gone "$dev" 10
 
-dev=$(attach unix "dst+unix://$VMTEST_TMP/dst.sock?export=disk")
+attach unix "dst+unix://$VMTEST_TMP/dst.sock?export=disk"
 FIO_VERIFY_SIZE=4M fio_verify "$dev" 64k 8
 stop_bg unix TERM 30 || fail "dst attach (unix) did not exit cleanly"
 wait_for_gone "$dev" 10

@@ -10,21 +10,20 @@ backing=$VMTEST_TMP/export.img
 mk_file "$backing" 96
 run_bg exp "$DST" export --listen dst://127.0.0.1:10811 --export disk="$backing" --allow 127.0.0.1/32=rw
 attach() {
-	run_bg "$1" "$DST" attach dst://127.0.0.1:10811/disk
+	run_bg "$1" "$DST" attach dst://127.0.0.1:10811/disk 
 	_i=0
-	until _d=$(grep -m 1 -E '^/dev/ublkb[0-9]+$' "$VMTEST_TMP/$1.log") && [ -b "$_d" ]; do
+	until dev=$(grep -m 1 -E '^/dev/ublkb[0-9]+$' "$VMTEST_TMP/$1.log") && [ -b "$dev" ]; do
 		bg_alive "$1" || fail "dst attach exited: $(tail -n 2 "$VMTEST_TMP/$1.log")"
 		_i=$((_i + 1)); [ $_i -le 600 ] || fail "no device within 30s"
 		sleep 0.05
 	done
-	echo "$_d"
 }
 i=0
 until "$DST" list >/dev/null 2>&1 && grep -q listening "$VMTEST_TMP/exp.log"; do
 	i=$((i + 1)); [ $i -le 400 ] || fail "exporter did not start"; sleep 0.05
 done
 
-dev=$(attach a1)
+attach a1
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=1 "$dev" || fail "mkfs.ext4 on $dev failed"
 mnt=$VMTEST_TMP/mnt
 mkdir -p "$mnt"
@@ -40,7 +39,7 @@ log "e2fsck clean"
 stop_bg a1 TERM 30 || fail "dst attach did not exit cleanly"
 wait_for_gone "$dev" 10
 
-dev=$(attach a2)
+attach a2
 mount -t ext4 "$dev" "$mnt" || fail "mount after re-attach failed"
 (cd "$mnt" && sha256sum -c "$VMTEST_TMP/sums") >/dev/null || fail "checksums differ after re-attach"
 umount "$mnt"
