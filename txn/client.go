@@ -94,7 +94,9 @@ type Client struct {
 	url  *transport.URL
 	log  *zap.Logger
 
-	mu      sync.Mutex
+	procMu  sync.Mutex // held while driving Ready/Advance, Tick and connection events
+	dialing bool       // a dialer goroutine is running; under procMu
+	mu      sync.Mutex // guards the engine and the fields below
 	e       *Engine
 	welcome *wire.Welcome // of the first connection: the device's geometry
 	session wire.Token
@@ -204,6 +206,12 @@ func (c *Client) Stats() Stats {
 // Submit starts a transaction; the result arrives through the deliver
 // function. buf must stay untouched until then.
 func (c *Client) Submit(h Handle, op wire.Op, flags wire.Flags, off uint64, length uint32, buf []byte) {
+	c.Enqueue(h, op, flags, off, length, buf)
+	c.kick()
+}
+
+// Enqueue is Submit without sending: the caller calls Flush after a batch.
+func (c *Client) Enqueue(h Handle, op wire.Op, flags wire.Flags, off uint64, length uint32, buf []byte) {
 	c.mu.Lock()
 	ok := c.e.Submit(h, op, flags, off, length, buf)
 	var comps []Completion
@@ -216,10 +224,6 @@ func (c *Client) Submit(h Handle, op wire.Op, flags wire.Flags, off uint64, leng
 	c.mu.Unlock()
 	if comps != nil {
 		deliver(comps)
-	}
-	select {
-	case c.wake <- struct{}{}:
-	default:
 	}
 }
 
@@ -293,25 +297,37 @@ func (c *Client) run() {
 	defer c.wg.Done()
 	t := time.NewTicker(c.opts.Tick)
 	defer t.Stop()
-	dialing := false
 	c.notifyState()
 	for {
+		var tick bool
+		var ev event
+		var haveEv bool
 		select {
 		case <-c.quit:
 			return
 		case <-c.wake:
 		case <-t.C:
+			tick = true
+		case ev = <-c.events:
+			haveEv = true
+		}
+		// procMu: Tick and the connection events must not fall between a
+		// Ready and its Advance, which a Flush on a queue goroutine may be
+		// in the middle of.
+		c.procMu.Lock()
+		if tick {
 			c.mu.Lock()
 			c.e.Tick()
 			c.mu.Unlock()
-		case ev := <-c.events:
+		}
+		if haveEv {
 			switch ev.kind {
 			case evUp:
-				dialing = false
+				c.dialing = false
 				c.log.Info("connected", zap.Stringer("url", c.url), zap.Bool("resumed", ev.welcome.Resumed))
 				c.connected(ev.conn, ev.welcome)
 			case evDialFailed:
-				dialing = false
+				c.dialing = false
 				c.mu.Lock()
 				c.e.DialFailed()
 				var ce *changedError
@@ -331,8 +347,29 @@ func (c *Client) run() {
 				c.mu.Unlock()
 			}
 		}
-		c.process(&dialing)
+		c.process()
+		c.procMu.Unlock()
 		c.notifyState()
+	}
+}
+
+// Flush sends whatever is ready from the caller's goroutine (a ublk queue
+// after a batch of requests) instead of waking the run loop: one writev for
+// the batch, no hand-over between goroutines. If another goroutine is
+// already sending, the run loop is woken to pick up the rest.
+func (c *Client) Flush() {
+	if c.procMu.TryLock() {
+		c.process()
+		c.procMu.Unlock()
+		return
+	}
+	c.kick()
+}
+
+func (c *Client) kick() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -347,8 +384,9 @@ func (c *Client) notifyState() {
 	}
 }
 
-// process carries out Ready until there is nothing left.
-func (c *Client) process(dialing *bool) {
+// process carries out Ready until there is nothing left. The caller holds
+// procMu.
+func (c *Client) process() {
 	c.mu.Lock()
 	for c.e.HasReady() {
 		rd := c.e.Ready()
@@ -386,8 +424,8 @@ func (c *Client) process(dialing *bool) {
 		if closeConn && conn != nil {
 			conn.Close() // the reader sees the error and reports ConnDown
 		}
-		if dial && !*dialing {
-			*dialing = true
+		if dial && !c.dialing {
+			c.dialing = true
 			c.wg.Add(1)
 			go c.dial()
 		}

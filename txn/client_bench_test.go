@@ -2,6 +2,7 @@ package txn
 
 import (
 	"context"
+	"os"
 
 	"math/rand/v2"
 	"slices"
@@ -36,15 +37,21 @@ func BenchmarkClient(b *testing.B) {
 		{"write-128k-qd8", wire.OpWrite, 128 << 10, 8, true},
 	}
 	const size = 256 << 20
-	path := exporttest.File(b, size)
-	cfg := export.Config{
-		Exports: []export.ExportConfig{{Name: "disk", Path: path}},
-		Access:  export.ACL{AllowAll: export.ReadWrite},
+	// DST_BENCH_URL points the benchmark at an exporter in another process
+	// (an export named "disk" of at least 256 MiB).
+	url := os.Getenv("DST_BENCH_URL")
+	if url == "" {
+		path := exporttest.File(b, size)
+		cfg := export.Config{
+			Exports: []export.ExportConfig{{Name: "disk", Path: path}},
+			Access:  export.ACL{AllowAll: export.ReadWrite},
+		}
+		_, addr := exporttest.Start(b, cfg, exporttest.TCP4)
+		url = addr + "/disk"
 	}
-	_, addr := exporttest.Start(b, cfg, exporttest.TCP4)
 	for _, j := range jobs {
 		b.Run(j.name, func(b *testing.B) {
-			c, err := Dial(context.Background(), Options{URL: addr + "/disk", Capacity: 2 * j.depth})
+			c, err := Dial(context.Background(), Options{URL: url, Capacity: 2 * j.depth})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -99,7 +99,10 @@ func (h *remoteQueue) Handle(r *ublk.Request) {
 	if op == wire.OpFlush {
 		off, length = 0, 0 // the protocol wants a bare FLUSH
 	}
-	h.t.c.Submit(Handle(uint32(r.Queue)<<16|uint32(r.Tag)), op, flags, off, length, r.Buf)
+	h.t.c.Enqueue(Handle(uint32(r.Queue)<<16|uint32(r.Tag)), op, flags, off, length, r.Buf)
 }
+
+// Flush sends the batch the queue just handed over (ublk.Flusher).
+func (h *remoteQueue) Flush() { h.t.c.Flush() }
 
 func (h *remoteQueue) Close() {}

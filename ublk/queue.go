@@ -65,6 +65,7 @@ type queue struct {
 	port    port
 	handler QueueHandler
 	ringH   RingHandler
+	flusher Flusher
 	ctx     QueueContext
 
 	// Completions from other goroutines.
@@ -128,6 +129,7 @@ func (q *queue) setup(t Target) error {
 	}
 	q.handler = h
 	q.ringH, _ = h.(RingHandler)
+	q.flusher, _ = h.(Flusher)
 	q.armWake()
 	for tag := range q.depth {
 		q.state[tag] = tagFetching
@@ -157,6 +159,9 @@ func (q *queue) run() {
 		q.dispatching.Store(true)
 		for i := range n {
 			q.handleCQE(&q.cqes[i])
+		}
+		if q.flusher != nil {
+			q.flusher.Flush()
 		}
 		q.dispatching.Store(false)
 		q.drain()

@@ -126,6 +126,15 @@ type RingHandler interface {
 	Inflight() int
 }
 
+// Flusher is a QueueHandler that wants to know when the queue has handed
+// over every request of one batch (all that arrived together): Flush runs
+// on the queue goroutine after the last Handle of the batch, so a handler
+// can send a batch with one system call instead of one per request.
+type Flusher interface {
+	QueueHandler
+	Flush()
+}
+
 // QueueContext is the queue's face towards its handler.
 type QueueContext struct {
 	ID    uint16
