@@ -174,6 +174,19 @@ func (s *SQE) PrepFallocate(fd int, mode uint32, off, length uint64) {
 	s.prepRW(OpFallocate, fd, length, mode, off)
 }
 
+// PrepRecv receives into buf from socket fd; flags are MSG_* (e.g.
+// MSG_WAITALL).
+func (s *SQE) PrepRecv(fd int, buf []byte, flags uint32) {
+	s.prepRW(OpRecv, fd, bufAddr(buf), uint32(len(buf)), 0)
+	s.OpFlags = flags
+}
+
+// PrepSend sends buf on socket fd; flags are MSG_*.
+func (s *SQE) PrepSend(fd int, buf []byte, flags uint32) {
+	s.prepRW(OpSend, fd, bufAddr(buf), uint32(len(buf)), 0)
+	s.OpFlags = flags
+}
+
 // PrepReadEventfd arms an 8-byte read of an eventfd counter into *val. The
 // read completes when another goroutine writes the eventfd: the way other
 // goroutines wake a ring's owner without touching the ring.
