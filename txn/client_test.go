@@ -82,6 +82,9 @@ func fastOpts(url string) Options {
 
 func TestClientOverEveryTransport(t *testing.T) {
 	for _, tr := range exporttest.Transports(t) {
+		if tr.Name == "mem" {
+			continue // the client needs a socket for io_uring (TestClientRefusesMem)
+		}
 		t.Run(tr.Name, func(t *testing.T) {
 			path := exporttest.File(t, 4<<20)
 			_, addr := exporttest.Start(t, exportCfg(path), tr.URL)
@@ -156,6 +159,13 @@ func TestClientRefusals(t *testing.T) {
 	}
 	if _, err := Dial(context.Background(), fastOpts("dst://127.0.0.1:1/disk")); err == nil {
 		t.Fatal("dialled a closed port")
+	}
+}
+
+func TestClientRefusesMem(t *testing.T) {
+	_, err := Dial(context.Background(), fastOpts("dst+mem://x/disk"))
+	if err == nil || !strings.Contains(err.Error(), "tcp or unix") {
+		t.Fatalf("mem URL: %v", err)
 	}
 }
 

@@ -1,40 +1,57 @@
 package txn
 
 import (
+	"context"
 	"fmt"
+	"net"
+	"sync"
 	"syscall"
 
+	"github.com/dst-dev/dst/internal/uring"
 	"github.com/dst-dev/dst/internal/wire"
+	"github.com/dst-dev/dst/transport"
 	"github.com/dst-dev/dst/ublk"
 )
 
-// Target serves a ublk device from a remote export: every block request
-// becomes a transaction of the Client. Payloads move between the ublk tag
-// buffer and the socket without copies: writes go out with writev from the
-// tag buffer, read replies are read straight into it.
+// Target serves a ublk device from a remote export. Each hardware queue
+// has its own connection and session, driven on the queue's own ring by a
+// Conn: the queue goroutine fetches a request, sends it (writev straight
+// from the tag buffer), receives the reply (READ data straight into the
+// tag buffer) and commits it, with no other goroutine involved.
 type Target struct {
-	c      *Client
-	queues []*ublk.QueueContext
+	d       *dialer
+	welcome *wire.Welcome
+
+	mu    sync.Mutex
+	first net.Conn // the connection Dial made, for queue 0
+	conns []*Conn
+	state []ConnState
 }
 
-// NewTarget wraps a connected client. Queue contexts are registered as the
-// device creates its queues; completions are routed to them by handle.
-func NewTarget(c *Client, nrQueues int) *Target {
-	t := &Target{c: c, queues: make([]*ublk.QueueContext, nrQueues)}
-	c.SetDeliver(t.deliver)
-	return t
-}
-
-func (t *Target) deliver(comps []Completion) {
-	for _, cp := range comps {
-		q := t.queues[cp.Handle>>16]
-		q.Complete(uint16(cp.Handle), cp.Err)
+// DialTarget connects to the export once, to learn its geometry and to
+// report a refusal or a bad URL before any device exists.
+func DialTarget(ctx context.Context, opts Options) (*Target, error) {
+	d, err := newDialer(opts)
+	if err != nil {
+		return nil, err
 	}
+	conn, w, err := d.handshake(ctx, wire.Token{})
+	if err != nil {
+		return nil, err
+	}
+	d.first = w
+	return &Target{d: d, welcome: w, first: conn}, nil
 }
+
+// Welcome returns what the exporter announced.
+func (t *Target) Welcome() *wire.Welcome { return t.welcome }
+
+// URL returns the export URL.
+func (t *Target) URL() *transport.URL { return t.d.url }
 
 // Geometry implements ublk.Target from the exporter's WELCOME.
 func (t *Target) Geometry() ublk.Geometry {
-	w := t.c.Welcome()
+	w := t.welcome
 	return ublk.Geometry{
 		Size:                w.Size,
 		LogicalBlockSize:    w.LogicalBlock,
@@ -51,25 +68,90 @@ func (t *Target) Geometry() ublk.Geometry {
 	}
 }
 
-// NewQueue implements ublk.Target.
+// NewQueue implements ublk.Target: a Conn on the queue's ring.
 func (t *Target) NewQueue(q *ublk.QueueContext) (ublk.QueueHandler, error) {
-	if int(q.ID) >= len(t.queues) {
-		return nil, fmt.Errorf("queue %d beyond the %d the target was made for", q.ID, len(t.queues))
+	h := &remoteQueue{q: q}
+	d := *t.d
+	idx := 0
+	d.opts.OnState = func(s ConnState) { t.setState(idx, s) }
+	t.mu.Lock()
+	idx = len(t.conns)
+	first := t.first
+	t.first = nil
+	h.c = newConn(q, &d, h.deliver)
+	t.conns = append(t.conns, h.c)
+	t.state = append(t.state, Down)
+	t.mu.Unlock()
+	var w *wire.Welcome
+	if first != nil {
+		w = t.welcome
 	}
-	t.queues[q.ID] = q
-	return &remoteQueue{t: t, q: q}, nil
+	if err := h.c.Start(first, w); err != nil {
+		return nil, fmt.Errorf("queue %d: %w", q.ID, err)
+	}
+	return h, nil
 }
 
-// Close implements ublk.Target; the client is closed by its owner.
-func (t *Target) Close() error { return nil }
+func (t *Target) setState(i int, s ConnState) {
+	t.mu.Lock()
+	t.state[i] = s
+	all := t.aggregate()
+	cb := t.d.opts.OnState
+	t.mu.Unlock()
+	if cb != nil {
+		cb(all)
+	}
+}
+
+// aggregate is the worst state over the queues' connections.
+func (t *Target) aggregate() ConnState {
+	all := Up
+	for _, s := range t.state {
+		if s != Up {
+			all = s
+		}
+	}
+	return all
+}
+
+// Stats sums the counters of every queue's connection.
+func (t *Target) Stats() Stats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var s Stats
+	for _, c := range t.conns {
+		x := c.Stats()
+		s.Submitted += x.Submitted
+		s.Completed += x.Completed
+		s.Failed += x.Failed
+		s.Resent += x.Resent
+		s.Timeouts += x.Timeouts
+		s.Reconnects += x.Reconnects
+		s.PingsSent += x.PingsSent
+	}
+	return s
+}
+
+// Close implements ublk.Target (the queues have closed their Conns).
+func (t *Target) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.first != nil {
+		t.first.Close()
+		t.first = nil
+	}
+	return nil
+}
 
 // Describe implements ublk.Target.
-func (t *Target) Describe() string { return "remote " + t.c.URL().String() }
+func (t *Target) Describe() string { return "remote " + t.d.url.String() }
 
 type remoteQueue struct {
-	t *Target
 	q *ublk.QueueContext
+	c *Conn
 }
+
+func (h *remoteQueue) deliver(hd Handle, err syscall.Errno) { h.q.Complete(uint16(hd), err) }
 
 func (h *remoteQueue) Handle(r *ublk.Request) {
 	var op wire.Op
@@ -99,10 +181,11 @@ func (h *remoteQueue) Handle(r *ublk.Request) {
 	if op == wire.OpFlush {
 		off, length = 0, 0 // the protocol wants a bare FLUSH
 	}
-	h.t.c.Enqueue(Handle(uint32(r.Queue)<<16|uint32(r.Tag)), op, flags, off, length, r.Buf)
+	h.c.Submit(Handle(r.Tag), op, flags, off, length, r.Buf)
 }
 
-// Flush sends the batch the queue just handed over (ublk.Flusher).
-func (h *remoteQueue) Flush() { h.t.c.Flush() }
-
-func (h *remoteQueue) Close() {}
+func (h *remoteQueue) HandleCQE(c *uring.CQE) { h.c.HandleCQE(ublk.FromUserData(c.UserData), c.Res) }
+func (h *remoteQueue) Flush()                 { h.c.Poll() }
+func (h *remoteQueue) Inflight() int          { return h.c.Inflight() }
+func (h *remoteQueue) Stop()                  { h.c.Stop() }
+func (h *remoteQueue) Close()                 { h.c.Close() }

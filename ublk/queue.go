@@ -66,6 +66,8 @@ type queue struct {
 	handler QueueHandler
 	ringH   RingHandler
 	flusher Flusher
+	stopper Stopper
+	stopped bool
 	ctx     QueueContext
 
 	// Completions from other goroutines.
@@ -130,6 +132,7 @@ func (q *queue) setup(t Target) error {
 	q.handler = h
 	q.ringH, _ = h.(RingHandler)
 	q.flusher, _ = h.(Flusher)
+	q.stopper, _ = h.(Stopper)
 	q.armWake()
 	for tag := range q.depth {
 		q.state[tag] = tagFetching
@@ -169,6 +172,15 @@ func (q *queue) run() {
 }
 
 func (q *queue) finished() bool {
+	if q.stopper != nil && !q.stopped && (q.stop.Load() || q.aborted == q.depth) {
+		// The device is going away: let the handler wind down its own
+		// work on the ring; its completions keep the loop turning.
+		q.stopped = true
+		q.dispatching.Store(true)
+		q.stopper.Stop()
+		q.dispatching.Store(false)
+		q.drain()
+	}
 	if q.stop.Load() {
 		// Forced stop (setup failure or a device that never started): leave
 		// as soon as nothing we handed out is still running.
@@ -307,6 +319,16 @@ func (q *queue) Complete(tag uint16, err syscall.Errno) {
 	// The write happens under the lock so that the queue cannot drain this
 	// completion, exit, and have its eventfd closed before the write.
 	if !q.dispatching.Load() && q.wakePending.CompareAndSwap(false, true) {
+		q.wake()
+	}
+	q.cmu.Unlock()
+}
+
+// Wake makes the queue goroutine go round its loop (and call the
+// handler's Flush) soon.
+func (q *queue) Wake() {
+	q.cmu.Lock()
+	if q.wakePending.CompareAndSwap(false, true) {
 		q.wake()
 	}
 	q.cmu.Unlock()

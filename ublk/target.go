@@ -135,6 +135,16 @@ type Flusher interface {
 	Flush()
 }
 
+// Stopper is a QueueHandler with work of its own on the queue's ring
+// (a connection, a timer) that it must wind down when the device stops:
+// Stop is called once, on the queue goroutine, when the kernel has aborted
+// every tag (or a forced stop was asked); the queue then keeps serving the
+// handler's CQEs until its Inflight reaches zero.
+type Stopper interface {
+	RingHandler
+	Stop()
+}
+
 // QueueContext is the queue's face towards its handler.
 type QueueContext struct {
 	ID    uint16
@@ -144,6 +154,10 @@ type QueueContext struct {
 
 // Complete completes a request; callable from any goroutine.
 func (c *QueueContext) Complete(tag uint16, err syscall.Errno) { c.q.Complete(tag, err) }
+
+// Wake makes the queue goroutine run a loop iteration soon (a Flusher's
+// Flush runs in it); callable from any goroutine.
+func (c *QueueContext) Wake() { c.q.Wake() }
 
 // GetSQE returns a free SQE on the queue's ring, submitting queued entries
 // first when the ring is full. Only a RingHandler may call it, and only on

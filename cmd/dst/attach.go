@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -68,12 +67,12 @@ func attachCommand() *cli.Command {
 
 			k := newRecordKeeper(state.Record{Kind: "remote", URL: u.String()})
 			ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
-			client, err := txn.Dial(ctx, txn.Options{
+			target, err := txn.DialTarget(ctx, txn.Options{
 				URL:      rawURL,
 				Timeout:  c.Duration("timeout"),
 				Retries:  c.Int("retries"),
 				Ping:     c.Duration("ping"),
-				Capacity: 2 * o.Queues * o.Depth,
+				Capacity: 2 * o.Depth,
 				ReadOnly: c.Bool("ro"),
 				Log:      log.Named("txn"),
 				OnState: func(s txn.ConnState) {
@@ -84,17 +83,17 @@ func attachCommand() *cli.Command {
 			if err != nil {
 				return fmt.Errorf("attach %s: %w", u, err)
 			}
-			w := client.Welcome()
+			w := target.Welcome()
 			log.Info("connected", zap.Stringer("url", u), zap.Uint64("size", w.Size),
 				zap.Uint32("block", w.LogicalBlock), zap.Bool("read_only", w.ReadOnly), zap.Stringer("features", w.Features))
 			k.update(func(r *state.Record) { r.Conn = "up" })
-			err = serveDevice(c.Context, txn.NewTarget(client, o.Queues), o, k)
-			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if cerr := client.Close(cctx); cerr != nil {
-				log.Warn("detach was not clean", zap.Error(cerr))
-			}
-			return errors.Join(err)
+			// Each queue detaches its own connection (DISCONNECT) when the
+			// device stops.
+			err = serveDevice(c.Context, target, o, k)
+			st := target.Stats()
+			log.Info("detached", zap.Uint64("requests", st.Completed), zap.Uint64("failed", st.Failed),
+				zap.Uint64("resent", st.Resent), zap.Uint64("reconnects", st.Reconnects))
+			return err
 		},
 	}
 }

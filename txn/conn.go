@@ -1,0 +1,488 @@
+package txn
+
+// Conn drives one Engine over one socket, entirely on the goroutine that
+// owns an io_uring ring (a ublk queue's, or a Client's): requests arrive
+// with Submit, frames leave with one WRITEV in flight (ringio.Sender),
+// replies come in through one RECV in flight (ringio.Receiver; READ
+// payloads go straight into the request's buffer when they are not already
+// in the staging buffer), the clock is a TIMEOUT on the same ring, and
+// completions are delivered on that goroutine. A request therefore costs no
+// hand-over between threads: under a slow CPU (the emulated test guest)
+// thread wake-ups are what a request pays for, not bytes.
+//
+// Only connecting runs elsewhere: a goroutine dials and shakes hands, then
+// hands the socket over through the loop's Wake.
+//
+//	owner goroutine:  Submit* ─> Poll ─> Ready ─> WRITEV ──CQE──> Advance
+//	                  RECV CQE ─> Receiving/ReadInto ─> Step ─> deliver
+//	                  TIMEOUT CQE ─> Tick
+//	dialer goroutine: dial + handshake ─> inbox ─> Wake ─> Poll: ConnUp
+//
+// Tick, ConnUp and ConnDown must not fall between Ready and Advance; while
+// a WRITEV is in flight they are deferred until its completion.
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"syscall"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/dst-dev/dst/internal/ringio"
+	"github.com/dst-dev/dst/internal/uring"
+	"github.com/dst-dev/dst/internal/wire"
+)
+
+// Loop is what the ring's owner offers a Conn. ublk.QueueContext
+// implements it.
+type Loop interface {
+	// GetSQE returns a free SQE on the owner's ring.
+	GetSQE() *uring.SQE
+	// UserData marks a value (< 2^62) so that its CQE is routed back to
+	// Conn.HandleCQE with the value (after FromUserData-style decoding).
+	UserData(v uint64) uint64
+	// Wake makes the owner call Conn.Poll soon; callable from any
+	// goroutine.
+	Wake()
+}
+
+// user data values of a Conn's SQEs
+const (
+	udSend uint64 = iota + 1
+	udRecv
+	udTick
+)
+
+const recvBufSize = 256 << 10
+
+// Conn is a transaction engine on a socket on a ring. All methods but
+// Wake-driven ones run on the ring owner's goroutine.
+type Conn struct {
+	loop    Loop
+	d       *dialer
+	e       *Engine
+	log     *zap.Logger
+	deliver func(Handle, syscall.Errno)
+	onState func(ConnState)
+
+	fd       int
+	session  wire.Token
+	snd      *ringio.Sender
+	rcv      *ringio.Receiver
+	closing  bool // the socket is shut down; waiting for its SQEs
+	readyOut bool // a Ready is being sent: Advance at the WRITEV's end
+	tickDue  int  // ticks that arrived while readyOut
+	lost     error
+
+	// reply being received straight into a buffer
+	partial  bool
+	rep      wire.Reply
+	scratch  []byte
+	pingHdr  [wire.RequestHeaderSize]byte
+	discHdr  [wire.RequestHeaderSize]byte
+	ts       unix.Timespec
+	tickOn   bool
+	stopping bool
+	stopAt   uint64
+	state    ConnState
+	comps    []Completion
+
+	// from the dialer goroutine
+	mu      sync.Mutex
+	inbox   []dialResult
+	dialing bool
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	stats   Stats // copy of the engine's, for other goroutines
+}
+
+type dialResult struct {
+	fd  int
+	w   *wire.Welcome
+	err error
+}
+
+// newConn makes a Conn in state Down; Start arms it.
+func newConn(loop Loop, d *dialer, deliver func(Handle, syscall.Errno)) *Conn {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Conn{
+		loop: loop, d: d, e: New(d.opts.engineConfig()), log: d.opts.Log,
+		deliver: deliver, onState: d.opts.OnState, fd: -1,
+		ts:  unix.NsecToTimespec(int64(d.opts.Tick)),
+		ctx: ctx, cancel: cancel,
+		comps: make([]Completion, 0, 64),
+	}
+}
+
+// Start arms the clock and, with conn non-nil, installs an already
+// negotiated connection; without one the engine dials at the next Poll.
+func (c *Conn) Start(conn net.Conn, w *wire.Welcome) error {
+	if conn != nil {
+		fd, err := ringio.DetachFd(conn)
+		if err != nil {
+			return err
+		}
+		// The engine must be Dialing to accept the connection.
+		c.e.Ready()
+		c.e.Advance()
+		c.install(fd, w)
+	}
+	c.armTick()
+	return nil
+}
+
+// Submit starts a transaction (owner goroutine). The result is delivered
+// later, from Poll or HandleCQE.
+func (c *Conn) Submit(h Handle, op wire.Op, flags wire.Flags, off uint64, length uint32, buf []byte) {
+	if !c.e.Submit(h, op, flags, off, length, buf) {
+		c.deliver(h, syscall.EBUSY)
+	}
+}
+
+// Poll does the work that became due: a connection from the dialer, frames
+// to send, completions to deliver. The owner calls it after every batch of
+// Submits and CQEs, and when woken.
+func (c *Conn) Poll() {
+	c.mu.Lock()
+	inbox := c.inbox
+	c.inbox = nil
+	c.mu.Unlock()
+	for _, r := range inbox {
+		c.dialDone(r)
+	}
+	c.pump()
+	c.flushCompletions()
+	c.reportState()
+}
+
+func (c *Conn) get() *uring.SQE { return c.loop.GetSQE() }
+
+// pump hands ready frames to the Sender, one WRITEV at a time.
+func (c *Conn) pump() {
+	for !c.readyOut && c.e.HasReady() {
+		rd := c.e.Ready()
+		sent := false
+		if c.fd >= 0 && !c.closing {
+			for _, x := range rd.Send {
+				c.snd.Queue(x.Header[:])
+				if x.Op == wire.OpWrite {
+					c.snd.Queue(x.Buf)
+				}
+			}
+			if rd.Ping {
+				r := wire.Request{Op: wire.OpPing, ID: rd.PingID, Floor: c.e.Floor()}
+				r.Put(c.pingHdr[:])
+				c.snd.Queue(c.pingHdr[:])
+			}
+			if rd.Disconnect {
+				r := wire.Request{Op: wire.OpDisconnect, Floor: c.e.Floor()}
+				r.Put(c.discHdr[:])
+				c.snd.Queue(c.discHdr[:])
+			}
+			sent = c.snd.Flush(c.get)
+		}
+		if rd.Dial {
+			c.startDial()
+		}
+		if rd.CloseConn {
+			c.shutdown(errors.New("connection declared dead"))
+		}
+		if sent {
+			c.readyOut = true // Advance when the WRITEV completes
+			return
+		}
+		c.e.Advance()
+		c.afterAdvance()
+		if rd.CloseConn || rd.Dial {
+			return // wait for the socket's SQEs / the dialer
+		}
+	}
+}
+
+// afterAdvance applies what was deferred while a Ready was out.
+func (c *Conn) afterAdvance() {
+	for ; c.tickDue > 0; c.tickDue-- {
+		c.e.Tick()
+	}
+	c.maybeClosed()
+}
+
+// HandleCQE handles a completion of one of the Conn's SQEs; v is the value
+// given to Loop.UserData.
+func (c *Conn) HandleCQE(v uint64, res int32) {
+	switch v {
+	case udSend:
+		done, err := c.snd.Complete(res, c.get)
+		if err != nil {
+			c.readyOut = false
+			c.e.Advance()
+			c.shutdown(err)
+			c.afterAdvance()
+			return
+		}
+		if done {
+			c.readyOut = false
+			c.e.Advance()
+			c.afterAdvance()
+		}
+	case udRecv:
+		direct, err := c.rcv.Complete(res, c.get)
+		if err != nil {
+			c.shutdown(err)
+			c.maybeClosed()
+			return
+		}
+		if direct {
+			c.partial = false
+			c.step(c.rep)
+		}
+		c.parse()
+	case udTick:
+		c.tickOn = false
+		if c.readyOut {
+			c.tickDue++
+		} else {
+			c.e.Tick()
+		}
+		if c.stopping && c.e.Now() >= c.stopAt {
+			c.shutdown(errors.New("detach: no DISCONNECT echo in time"))
+		}
+		if !(c.stopping && c.fd < 0) {
+			c.armTick()
+		}
+		c.maybeClosed()
+	}
+}
+
+// parse consumes complete replies from the staging buffer, then keeps a
+// RECV in flight.
+func (c *Conn) parse() {
+	for !c.partial {
+		b := c.rcv.Buffered()
+		if len(b) < wire.ReplyHeaderSize {
+			break
+		}
+		r, err := wire.ParseReply(b[:wire.ReplyHeaderSize])
+		if err != nil {
+			c.shutdown(err)
+			return
+		}
+		c.rcv.Consume(wire.ReplyHeaderSize)
+		if n := r.PayloadLen(); n > 0 {
+			dst := c.e.Receiving(r.ID, r.Length)
+			if dst == nil {
+				if cap(c.scratch) < n {
+					c.scratch = make([]byte, n)
+				}
+				dst = c.scratch[:n]
+			}
+			done, err := c.rcv.ReadInto(dst, c.get)
+			if err != nil {
+				c.shutdown(err)
+				return
+			}
+			if !done {
+				c.partial, c.rep = true, r
+				return // the direct RECV's completion resumes here
+			}
+		}
+		c.step(r)
+	}
+	if c.fd >= 0 && !c.closing && !c.rcv.Busy() {
+		if !c.rcv.Arm(c.get) {
+			c.shutdown(errors.New("receive buffer full"))
+		}
+	}
+}
+
+func (c *Conn) step(r wire.Reply) {
+	c.e.Step(r)
+	if c.stopping && c.e.Detached() {
+		c.shutdown(nil)
+	}
+}
+
+func (c *Conn) flushCompletions() {
+	c.comps = c.e.TakeCompletions(c.comps[:0])
+	for _, cp := range c.comps {
+		c.deliver(cp.Handle, cp.Err)
+	}
+	c.mu.Lock()
+	c.stats = c.e.Stats()
+	c.mu.Unlock()
+}
+
+func (c *Conn) reportState() {
+	if s := c.e.State(); s != c.state {
+		c.state = s
+		if c.onState != nil {
+			c.onState(s)
+		}
+	}
+}
+
+func (c *Conn) armTick() {
+	if c.tickOn {
+		return
+	}
+	s := c.get()
+	s.PrepTimeout(&c.ts, 0, 0)
+	s.SetUserData(c.loop.UserData(udTick))
+	c.tickOn = true
+}
+
+// shutdown ends the current socket: its RECV and WRITEV complete with an
+// error, and once neither is in flight maybeClosed closes it.
+func (c *Conn) shutdown(err error) {
+	if c.fd < 0 || c.closing {
+		return
+	}
+	c.closing = true
+	c.lost = err
+	unix.Shutdown(c.fd, unix.SHUT_RDWR) //nolint:errcheck // already broken is fine
+}
+
+// maybeClosed finishes a shutdown when the socket's SQEs are done.
+func (c *Conn) maybeClosed() {
+	if !c.closing || c.snd.Busy() || c.rcv.Busy() || c.readyOut {
+		return
+	}
+	unix.Close(c.fd)
+	c.fd = -1
+	c.closing = false
+	c.partial = false
+	if c.lost != nil && !c.stopping {
+		c.log.Warn("connection lost", zap.Stringer("url", c.d.url), zap.Error(c.lost))
+	}
+	c.e.ConnDown()
+}
+
+func (c *Conn) startDial() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dialing || c.ctx.Err() != nil {
+		return
+	}
+	c.dialing = true
+	session := c.session
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		conn, w, err := c.d.handshake(c.ctx, session)
+		r := dialResult{fd: -1, w: w, err: err}
+		if err == nil {
+			r.fd, r.err = ringio.DetachFd(conn)
+		}
+		c.mu.Lock()
+		c.dialing = false
+		if c.ctx.Err() != nil {
+			if r.fd >= 0 {
+				unix.Close(r.fd)
+			}
+		} else {
+			c.inbox = append(c.inbox, r)
+		}
+		c.mu.Unlock()
+		c.loop.Wake()
+	}()
+}
+
+func (c *Conn) dialDone(r dialResult) {
+	if r.err != nil {
+		c.log.Warn("connect failed", zap.Stringer("url", c.d.url), zap.Error(r.err))
+		c.e.DialFailed()
+		var ce *changedError
+		if errors.As(r.err, &ce) {
+			c.e.Fail(syscall.EIO)
+		}
+		return
+	}
+	if c.e.State() != Dialing || c.stopping {
+		unix.Close(r.fd)
+		return
+	}
+	c.log.Info("connected", zap.Stringer("url", c.d.url), zap.Bool("resumed", r.w.Resumed))
+	c.install(r.fd, r.w)
+}
+
+func (c *Conn) install(fd int, w *wire.Welcome) {
+	c.fd = fd
+	c.session = w.Session
+	c.snd = ringio.NewSender(fd, c.loop.UserData(udSend))
+	c.rcv = ringio.NewReceiver(fd, c.loop.UserData(udRecv), recvBufSize)
+	c.e.ConnUp(int(w.MaxInflight))
+	c.rcv.Arm(c.get)
+}
+
+// Stop begins a clean detach: once nothing is in flight, DISCONNECT is
+// sent and, after the exporter's echo (or within two ping intervals), the
+// socket is closed. Inflight drops to zero when it is all over.
+func (c *Conn) Stop() {
+	if c.stopping {
+		return
+	}
+	c.stopping = true
+	c.stopAt = c.e.Now() + 2*c.e.cfg.Ping
+	c.e.Detach()
+	c.cancel() // no more dialing
+	if c.e.State() != Up {
+		c.e.Close()
+	}
+	c.Poll()
+}
+
+// Inflight counts the Conn's SQEs in the ring; the owner must not close
+// the ring before it is zero.
+func (c *Conn) Inflight() int {
+	n := 0
+	if c.tickOn {
+		n++
+	}
+	if c.snd != nil && c.snd.Busy() {
+		n++
+	}
+	if c.rcv != nil && c.rcv.Busy() {
+		n++
+	}
+	if c.fd >= 0 && !c.closing && c.stopping {
+		n++ // not closed yet
+	}
+	return n
+}
+
+// Close releases what Stop left: it fails what is still in flight, waits
+// for a dialer and closes the socket. Call it after Inflight is zero.
+func (c *Conn) Close() {
+	c.cancel()
+	c.wg.Wait()
+	c.e.Close()
+	c.flushCompletions()
+	if c.fd >= 0 {
+		unix.Close(c.fd)
+		c.fd = -1
+	}
+	c.mu.Lock()
+	for _, r := range c.inbox {
+		if r.fd >= 0 {
+			unix.Close(r.fd)
+		}
+	}
+	c.inbox = nil
+	c.mu.Unlock()
+}
+
+// State returns the connection state (owner goroutine).
+func (c *Conn) State() ConnState { return c.e.State() }
+
+// Stats returns the engine's counters as of the last Poll (any goroutine).
+func (c *Conn) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stats
+}
+
+

@@ -1,0 +1,162 @@
+package txn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/dst-dev/dst/internal/wire"
+	"github.com/dst-dev/dst/transport"
+)
+
+// Options configure a connection to an export.
+type Options struct {
+	URL       string
+	Transport transport.Options
+	// Tick is the engine's clock resolution (default 100ms).
+	Tick time.Duration
+	// Timeout, Retries, Ping: see Config; defaults 10s, 6, 2s.
+	Timeout time.Duration
+	Retries int
+	Ping    time.Duration
+	// BackoffMax caps the delay between reconnect attempts (default 2s).
+	BackoffMax time.Duration
+	// Capacity: transactions in flight at most per connection (default
+	// 1024); size it above the queue depth.
+	Capacity int
+	ReadOnly bool   // ask for a read-only session
+	Name     string // client name sent to the exporter (default hostname)
+	// HandshakeTimeout bounds dial + handshake (default 10s).
+	HandshakeTimeout time.Duration
+	Log              *zap.Logger
+	// OnState is called when a connection's state changes (from the
+	// goroutine that drives it).
+	OnState func(ConnState)
+}
+
+func (o *Options) defaults() {
+	if o.Tick <= 0 {
+		o.Tick = 100 * time.Millisecond
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.Retries < 0 {
+		o.Retries = 0
+	}
+	if o.Ping <= 0 {
+		o.Ping = 2 * time.Second
+	}
+	if o.BackoffMax <= 0 {
+		o.BackoffMax = 2 * time.Second
+	}
+	if o.Capacity <= 0 {
+		o.Capacity = 1024
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.Name == "" {
+		o.Name, _ = os.Hostname()
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+}
+
+func ticks(d, tick time.Duration) uint64 { return uint64(max(1, (d+tick-1)/tick)) }
+
+func (o *Options) engineConfig() Config {
+	return Config{
+		Capacity:   o.Capacity,
+		Timeout:    ticks(o.Timeout, o.Tick),
+		Retries:    o.Retries,
+		Ping:       ticks(o.Ping, o.Tick),
+		BackoffMin: 1,
+		BackoffMax: ticks(o.BackoffMax, o.Tick),
+	}
+}
+
+// dialer connects and negotiates; it checks every later WELCOME against
+// the first one, which fixed the device's geometry.
+type dialer struct {
+	opts  Options
+	url   *transport.URL
+	first *wire.Welcome
+}
+
+func newDialer(opts Options) (*dialer, error) {
+	opts.defaults()
+	u, err := transport.ParseURL(opts.URL)
+	if err != nil {
+		return nil, err
+	}
+	if u.Export == "" {
+		return nil, fmt.Errorf("URL %s names no export: add /EXPORT (or ?export=NAME for unix sockets)", u)
+	}
+	if u.Transport == "mem" {
+		return nil, fmt.Errorf("URL %s: the client drives its socket with io_uring and needs tcp or unix, not the in-memory transport", u)
+	}
+	return &dialer{opts: opts, url: u}, nil
+}
+
+// handshake dials and negotiates one connection, resuming session if it
+// is not zero.
+func (d *dialer) handshake(ctx context.Context, session wire.Token) (net.Conn, *wire.Welcome, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.opts.HandshakeTimeout)
+	defer cancel()
+	conn, err := transport.DialURL(ctx, d.url, d.opts.Transport)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The handshake may block; the context bounds it through the deadline
+	// and by closing the connection when it is cancelled.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	h := &wire.Hello{
+		Version:      wire.Version,
+		Export:       d.url.Export,
+		Features:     wire.FeatFlush | wire.FeatFUA | wire.FeatDiscard | wire.FeatWriteZeroes | wire.FeatResume,
+		WantReadOnly: d.opts.ReadOnly,
+		ClientName:   d.opts.Name,
+		MaxInflight:  uint32(min(d.opts.Capacity, wire.MaxInflightLimit)),
+	}
+	if !session.IsZero() {
+		h.Session, h.HasSession = session, true
+	}
+	if err := wire.WriteHello(conn, h); err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("handshake with %s: %w", d.url, err)
+	}
+	w, err := wire.ReadWelcome(conn)
+	if err != nil {
+		conn.Close()
+		var re *wire.RefuseError
+		if errors.As(err, &re) {
+			return nil, nil, err
+		}
+		return nil, nil, fmt.Errorf("handshake with %s: %w", d.url, err)
+	}
+	if first := d.first; first != nil {
+		if w.Size != first.Size || w.LogicalBlock != first.LogicalBlock || w.ReadOnly && !first.ReadOnly {
+			conn.Close()
+			return nil, nil, &changedError{fmt.Sprintf("export %s changed: size %d -> %d, block %d -> %d, read-only %v -> %v",
+				d.url.Export, first.Size, w.Size, first.LogicalBlock, w.LogicalBlock, first.ReadOnly, w.ReadOnly)}
+		}
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, w, nil
+}
+
+// changedError: the export is no longer the device we created.
+type changedError struct{ msg string }
+
+func (e *changedError) Error() string { return e.msg }
