@@ -484,5 +484,3 @@ func (c *Conn) Stats() Stats {
 	defer c.mu.Unlock()
 	return c.stats
 }
-
-
