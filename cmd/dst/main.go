@@ -34,7 +34,7 @@ func (e usageError) Unwrap() error { return e.err }
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "dst",
 		Usage:   "network block devices on ublk",
 		Version: version,
@@ -65,6 +65,19 @@ func newApp() *cli.App {
 		ExitErrHandler:  func(c *cli.Context, err error) {},
 		HideHelpCommand: true,
 	}
+	// Subcommands do not inherit OnUsageError: without it a bad flag
+	// prints the whole help and exits 1.
+	var mark func([]*cli.Command)
+	mark = func(cmds []*cli.Command) {
+		for _, c := range cmds {
+			if c.OnUsageError == nil {
+				c.OnUsageError = app.OnUsageError
+			}
+			mark(c.Subcommands)
+		}
+	}
+	mark(app.Commands)
+	return app
 }
 
 func versionCommand() *cli.Command {

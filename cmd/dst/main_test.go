@@ -64,6 +64,11 @@ func TestBadFlagsFailBeforeAnything(t *testing.T) {
 		{[]string{"attach", "dst://host:10811"}, "names no export"},
 		{[]string{"attach", "--retries", "-1", "dst://h/e"}, "--retries -1"},
 		{[]string{"--log-format", "xml", "version"}, "--log-format"},
+		{[]string{"add", "null", "--size", "1GiB", "--bogus"}, "bogus"},
+		{[]string{"attach", "--nope", "dst://h/e"}, "nope"},
+		{[]string{"add", "file"}, "--path"},
+		{[]string{"add", "file", "--path", "/tmp", "-q", "0"}, "--queues 0"},
+		{[]string{"export", "--export", "a=/nonexistent"}, "access list"},
 		{[]string{"--log-level", "loud", "version"}, "--log-level"},
 	}
 	for _, tt := range tests {
@@ -71,6 +76,20 @@ func TestBadFlagsFailBeforeAnything(t *testing.T) {
 		var ue usageError
 		if err == nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("dst %s: %v; want a usage error mentioning %q", strings.Join(tt.args, " "), err, tt.want)
+		}
+	}
+}
+
+// TestAddFileBadPaths: a directory, an empty file and a missing file are
+// refused with a message before any device is attempted.
+func TestAddFileBadPaths(t *testing.T) {
+	dir := t.TempDir()
+	empty := dir + "/empty"
+	os.WriteFile(empty, nil, 0o600)
+	for path, want := range map[string]string{dir: "directory", empty: "empty", dir + "/missing": "does not exist"} {
+		err := run("add", "file", "--path", path)
+		if err == nil || !strings.Contains(strings.ToLower(err.Error()), want) {
+			t.Errorf("add file --path %s: %v; want %q", path, err, want)
 		}
 	}
 }
