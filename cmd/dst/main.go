@@ -59,6 +59,7 @@ func newApp() *cli.App {
 			exportCommand(),
 			attachCommand(),
 			keygenCommand(),
+			proxyCommand(),
 		},
 		// Errors are printed once, by main, without usage noise.
 		OnUsageError:    func(c *cli.Context, err error, isSubcommand bool) error { return usageError{err} },
