@@ -74,8 +74,7 @@ type benchCase struct {
 // BenchmarkExport: a pipelined raw client against the exporter over
 // loopback TCP, on a 256 MiB O_DIRECT file. One op is one request; ns/op,
 // allocs/op (client and server together) and MB/s are per request, IOPS
-// is reported as a metric. "export" gives each export one Worker, "conn"
-// gives each connection its own.
+// is reported as a metric.
 func BenchmarkExport(b *testing.B) {
 	files := benchFiles(b)
 	cases := []benchCase{
@@ -93,17 +92,12 @@ func BenchmarkExport(b *testing.B) {
 		if path == "" {
 			continue
 		}
-		for _, mode := range []string{"export", "conn"} {
-			for _, bc := range cases {
-				b.Run(where+"/"+mode+"/"+bc.name, func(b *testing.B) {
-					cfg := config(path)
-					cfg.Log = zap.NewNop()
-					if mode == "conn" {
-						export.WorkerPerConn(&cfg)
-					}
-					runBench(b, cfg, bc)
-				})
-			}
+		for _, bc := range cases {
+			b.Run(where+"/"+bc.name, func(b *testing.B) {
+				cfg := config(path)
+				cfg.Log = zap.NewNop()
+				runBench(b, cfg, bc)
+			})
 		}
 	}
 }

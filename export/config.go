@@ -57,13 +57,14 @@ type Config struct {
 	// Log receives the server's log lines (default: none).
 	Log *zap.Logger
 
-	// workerPerConn gives every connection its own backend.Worker instead
-	// of one per export (for the benchmarks that compare the two).
-	workerPerConn bool
-	// workerDepth overrides the Worker depth (tests).
-	workerDepth int
 	// maxSessions overrides maxSessionsHeld (tests).
 	maxSessions int
+	// ioDelay makes every op a slow one (tests): it goes to a sync helper,
+	// which sleeps that long before doing it.
+	ioDelay time.Duration
+	// beforeDispatch is called on the loop before each op is dispatched
+	// (tests; it may block the loop).
+	beforeDispatch func(id uint64)
 }
 
 // ExportConfig is one export.

@@ -1,40 +1,34 @@
 package export
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
-	"io"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/internal/ringio"
+	"github.com/dst-dev/dst/internal/uring"
 	"github.com/dst-dev/dst/internal/wire"
 )
 
-// A connection's pipeline
+// A connection is one goroutine, locked to its OS thread from accept to
+// close. It does the handshake with blocking reads and writes on the
+// net.Conn, then takes the socket out of Go's poller (ringio.DetachFd) and
+// runs the loop (loop.go): one io_uring ring on which it receives
+// requests, executes their I/O on the export's file and sends the replies,
+// with one io_uring_enter per batch. Other goroutines reach it only
+// through its cross-thread queue (xqueue: replies of its session produced
+// on another connection's loop after a resume, results of synchronous
+// backend fallbacks, and kicks for shutdown, abort and the test hold),
+// whose eventfd read stays armed on the ring.
 //
-//	serial   reader (one goroutine): header → ParseRequest → buffer from
-//	         the pool (waits while the connection holds MaxBufferBytes) →
-//	         WRITE payload read into it → dispatch under the session lock
-//	         (record rules, request checks, Worker.Submit, which never
-//	         blocks). PINGs and immediate answers go to the reply queue.
-//	parallel Worker goroutines (one per export, io_uring): execute, then
-//	         Done records the result and queues the reply on the session's
-//	         current connection.
-//	serial   writer (one goroutine): takes every queued reply at once,
-//	         one writev of headers and READ payloads, gives buffers back.
-//
-// Handoffs never block the reader on the disk or on the writer: the reply
-// queue is a locked slice bounded by admission (MaxInflight), Submit is
-// bounded by the executor, and the only waits are the buffer budget
-// (backpressure: the reader stops reading) and the ping budget.
-
-const readBufferSize = 64 << 10
+// A conn without a socket descriptor (the in-process mem transport, a
+// wrapped net.Conn) is bridged: the loop gets one end of a Unix socketpair
+// and two goroutines copy between the other end and the net.Conn
+// (bridge.go). The loop is the same for every transport.
 
 // connection phases (guarded by dlMu)
 const (
@@ -48,14 +42,10 @@ type conn struct {
 	id   uint64
 	peer peer
 	log  *zap.Logger
-	br   *bufio.Reader
-	hdr  [wire.RequestHeaderSize]byte
 
 	// Set by the handshake, then read-only.
 	sess        *session
 	exp         *export
-	ex          *executor
-	ownEx       bool // ex belongs to this connection (workerPerConn)
 	features    wire.Features
 	readOnly    bool
 	maxInflight int64
@@ -63,83 +53,108 @@ type conn struct {
 
 	inflight   atomic.Int64 // transactions admitted here and not yet answered
 	bufBytes   atomic.Int64 // buffer bytes charged to this connection
-	budgetWait atomic.Bool
-	budgetCh   chan struct{}
-	pingSem    chan struct{}
+	budgetWait atomic.Bool  // the loop waits for buffer budget
 
-	q     replyQueue
-	wdone chan struct{} // closed when the writer has exited
-	// Writer state.
-	hdrs []byte
-	bufs [][]byte
-	iov  net.Buffers
+	x xqueue // cross-thread events for the loop
 
 	killOnce sync.Once
 	kill     chan struct{} // closed by abort
-	killWhy  string        // set once by abort, before kill is closed
+	killed   atomic.Bool   // set by abort, before kill is closed
+	killWhy  string        // set once by abort, before killed
 
+	stopFlag atomic.Bool // Shutdown: stop reading (the loop's copy of stopping)
 	dlMu     sync.Mutex
 	phase    int
-	stopping bool // Shutdown: stop reading
+	stopping bool
 
-	// Reader-only idle tracking.
+	// Everything below belongs to the connection's goroutine (the loop).
+	ring   *uring.Ring
+	getSQE ringio.GetSQE
+	fd     int // the socket (or the loop's end of the bridge), -1 if none
+	br     *bridge
+	rcv    *ringio.Receiver
+	snd    *ringio.Sender
+	cqes   []uring.CQE
+	efdVal *uint64 // the armed eventfd read writes here
+
+	state    loopState
+	final    reply // GOODBYE or the DISCONNECT echo, sent once drained
+	finalEnd endKind
+	out      []reply  // replies queued, not yet in flight
+	flight   []reply  // replies in the WRITEV in flight
+	hdrs     []byte   // reply headers of the flight
+	iov      [][]byte // scratch: the flight's slices
+	xbatch   []xevent // scratch: events taken from x
+	pend     *op      // a WRITE whose payload is being received directly
+	pings    int      // ping replies not yet handed to the sender
+	blocked  bool     // parsing waits for buffers or for the sender
+
+	slots     []*op // ops with an SQE in flight, by slot (user data)
+	freeSlots []uint32
+	parked    []*op // ops held by the test hook (Server.Hold)
+	ops       int   // ops read here and not finished (ring, inline, helper, parked)
+	cancels   int   // ASYNC_CANCEL SQEs in flight
+	wakeArmed bool  // the eventfd read is in flight
+	wakeStop  bool  // the eventfd read was cancelled: do not re-arm
+
+	syncQ    chan *op // to the sync helpers
+	helpers  int
+	syncBusy int
+	syncWG   sync.WaitGroup
+
+	// Idle tracking.
 	reqCount, lastCount uint64
 	silentSince         time.Time
+	sendGen, lastSend   uint64
+	sendStuck           time.Time
 	disconnectID        uint64
 }
 
 func newConn(s *Server, nc net.Conn, p peer) *conn {
 	id := s.connSeq.Add(1)
-	return &conn{
-		srv:      s,
-		nc:       nc,
-		id:       id,
-		peer:     p,
-		log:      s.log.With(zap.Uint64("conn", id), zap.String("peer", p.desc)),
-		budgetCh: make(chan struct{}, 1),
-		pingSem:  make(chan struct{}, maxPendingPings),
-		q:        replyQueue{wake: make(chan struct{}, 1)},
-		wdone:    make(chan struct{}),
-		kill:     make(chan struct{}),
+	c := &conn{
+		srv:  s,
+		nc:   nc,
+		id:   id,
+		peer: p,
+		log:  s.log.With(zap.Uint64("conn", id), zap.String("peer", p.desc)),
+		kill: make(chan struct{}),
+		fd:   -1,
 	}
+	c.x.efd = -1
+	return c
 }
 
-// abort closes the connection at once: the reader and writer return, and
-// everything waiting on kill gives up. It is idempotent; why (for logs)
-// is kept from the first call.
+// abort closes the connection at once: the loop stops reading and
+// writing, and closes it once its I/O has completed. It is idempotent and
+// may be called from any goroutine; why (for logs) is kept from the first
+// call.
 func (c *conn) abort(why string) {
 	c.killOnce.Do(func() {
 		c.killWhy = why
-		c.nc.Close()
+		c.killed.Store(true)
 		close(c.kill)
+		// During the handshake this ends a blocked read or write; after it
+		// the net.Conn is closed already (DetachFd) or bridged, and
+		// closing it ends the bridge's copies.
+		c.nc.Close()
+		c.x.kick()
 	})
 }
 
-func (c *conn) abortf(format string, args ...any) { c.abort(fmt.Sprintf(format, args...)) }
-
-// armRead sets the read deadline, or a past one once Shutdown has asked
-// the connection to stop reading (so that a late re-arm cannot undo it).
-func (c *conn) armRead(t time.Time) {
-	c.dlMu.Lock()
-	if c.stopping {
-		t = time.Unix(1, 0)
-	}
-	_ = c.nc.SetReadDeadline(t)
-	c.dlMu.Unlock()
-}
-
-// stopReading is Shutdown's request: a running connection's reader stops at
-// once (the frame it is reading is dropped, unanswered); a connection still
-// in its handshake gets shutdownGrace to send its HELLO, and BUSY.
+// stopReading is Shutdown's request: a running connection stops reading
+// at once (a frame half-read is dropped, unanswered), finishes what it has
+// in flight and says GOODBYE; a connection still in its handshake gets
+// shutdownGrace to send its HELLO, and BUSY.
 func (c *conn) stopReading() {
 	c.dlMu.Lock()
 	c.stopping = true
-	if c.phase == phaseRunning {
-		_ = c.nc.SetReadDeadline(time.Unix(1, 0))
-	} else {
+	c.stopFlag.Store(true)
+	if c.phase == phaseHandshake {
 		_ = c.nc.SetReadDeadline(time.Now().Add(shutdownGrace))
 	}
 	c.dlMu.Unlock()
+	c.x.kick()
 }
 
 func (c *conn) isStopping() bool {
@@ -148,12 +163,12 @@ func (c *conn) isStopping() bool {
 	return c.stopping
 }
 
-// How a reader ended.
+// How reading ended.
 type endKind int
 
 const (
 	endEOF        endKind = iota // the client closed
-	endError                     // a read error
+	endError                     // a read or write error
 	endFraming                   // a framing error or protocol violation
 	endIdle                      // IdleTimeout
 	endShutdown                  // Shutdown
@@ -162,71 +177,21 @@ const (
 	endAborted                   // abort (see killWhy)
 )
 
-var (
-	errStopping = errors.New("exporter shutting down")
-	errIdle     = errors.New("idle")
-)
-
-// serve runs a connection from accept to close. It owns the writer
-// goroutine and waits for it.
+// serve runs a connection from accept to close, on a goroutine locked to
+// its OS thread (the ring is bound to it). The lock is never released:
+// the thread ends with the goroutine.
 func (c *conn) serve() {
 	s := c.srv
 	defer s.wg.Done()
 	defer s.unregister(c)
-	writer := false
-	defer func() {
-		c.abort("connection ended")
-		if writer {
-			<-c.wdone
-		} else {
-			c.drainQueue()
-		}
-		s.detach(c)
-		if c.ownEx {
-			if err := c.ex.close(); err != nil {
-				c.log.Warn("worker", zap.Error(err))
-			}
-		}
-	}()
+	defer s.detach(c)
+	uring.LockThread()
 	if !c.handshake() {
+		c.abort("handshake ended")
+		c.closeRing()
 		return
 	}
-	writer = true
-	go c.writeLoop()
-	kind, err := c.readLoop()
-	c.logEnd(kind, err)
-	switch kind {
-	case endDisconnect:
-		// §5.7: finish what is in flight, echo DISCONNECT, forget.
-		if c.sess.waitDrained(c) && c.finish(reply{hdr: wire.Reply{Op: wire.OpDisconnect, ID: c.disconnectID}, final: true}) {
-			s.forget(c.sess, c, "client disconnected")
-		}
-	case endShutdown:
-		// §4 GOODBYE: finish or fail what was accepted, send the
-		// replies, then GOODBYE.
-		if c.sess.waitDrained(c) {
-			c.finish(reply{hdr: wire.Reply{Op: wire.OpGoodbye}, final: true})
-		}
-	}
-}
-
-// finish queues the final reply and waits until the writer has sent it. It
-// returns false if the connection broke first.
-func (c *conn) finish(r reply) bool {
-	if !c.q.push(r) {
-		return false
-	}
-	select {
-	case <-c.wdone:
-		select {
-		case <-c.kill:
-			return false // the writer failed
-		default:
-			return true
-		}
-	case <-c.kill:
-		return false
-	}
+	c.run()
 }
 
 func (c *conn) logEnd(kind endKind, err error) {
@@ -250,145 +215,6 @@ func (c *conn) logEnd(kind endKind, err error) {
 	}
 }
 
-// readLoop is the reader: it reads requests until the connection ends.
-func (c *conn) readLoop() (endKind, error) {
-	c.silentSince = time.Now()
-	c.armRead(c.idleDeadline(c.silentSince))
-	for {
-		if err := c.readFull(c.hdr[:], true); err != nil {
-			return c.readEnd(err)
-		}
-		c.reqCount++
-		req, err := wire.ParseRequest(c.hdr[:], c.maxTransfer)
-		if err != nil {
-			return endFraming, err
-		}
-		switch req.Op {
-		case wire.OpPing:
-			// Answered at once, ahead of queued I/O (§4).
-			select {
-			case c.pingSem <- struct{}{}:
-			default:
-				select {
-				case c.pingSem <- struct{}{}:
-				case <-c.kill:
-					return endAborted, nil
-				}
-			}
-			if !c.q.push(reply{hdr: wire.Reply{Op: wire.OpPing, ID: req.ID}, ping: true}) {
-				<-c.pingSem
-			}
-			continue
-		case wire.OpDisconnect:
-			c.disconnectID = req.ID
-			return endDisconnect, nil
-		}
-		if c.inflight.Load() >= c.maxInflight {
-			return endFraming, fmt.Errorf("more than %d requests outstanding (MAX_INFLIGHT)", c.maxInflight)
-		}
-		c.inflight.Add(1)
-		o := getOp(c.srv)
-		o.origin = c
-		o.id, o.wop, o.flags = req.ID, req.Op, req.Flags
-		o.off, o.length, o.reqFloor = req.Offset, req.Length, req.Floor
-		if req.Op == wire.OpRead || req.Op == wire.OpWrite {
-			if !c.takeBuffer(o) {
-				o.release()
-				return endAborted, nil
-			}
-			if req.Op == wire.OpWrite {
-				// Always read the whole payload, even for a request
-				// that will be refused: the stream stays in sync.
-				if err := c.readFull(o.buf.b[:req.Length], false); err != nil {
-					o.release()
-					return c.readEnd(err)
-				}
-			}
-		}
-		switch res, other := c.sess.dispatch(c, o); res {
-		case fenced:
-			return endFenced, nil
-		case collision:
-			return endFraming, fmt.Errorf("id %d would evict id %d, which is still executing: more than %d transactions outstanding in the session",
-				req.ID, other, recordSize)
-		}
-	}
-}
-
-// readEnd classifies a read error.
-func (c *conn) readEnd(err error) (endKind, error) {
-	select {
-	case <-c.kill:
-		return endAborted, nil
-	default:
-	}
-	switch {
-	case errors.Is(err, errStopping):
-		return endShutdown, nil
-	case errors.Is(err, errIdle):
-		return endIdle, nil
-	case err == io.EOF:
-		return endEOF, nil
-	}
-	return endError, err
-}
-
-// readFull reads exactly len(p) bytes. atFrame says p starts a frame, so
-// that an EOF before its first byte is a clean close (io.EOF) and one after
-// is io.ErrUnexpectedEOF. Deadline expiries are the idle check and the
-// shutdown signal: the read goes on unless the connection is idle or
-// stopping.
-func (c *conn) readFull(p []byte, atFrame bool) error {
-	started := !atFrame
-	for len(p) > 0 {
-		n, err := c.br.Read(p)
-		p = p[n:]
-		started = started || n > 0
-		if err == nil || len(p) == 0 {
-			continue
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if terr := c.onTimeout(); terr != nil {
-				return terr
-			}
-			continue
-		}
-		if err == io.EOF && started {
-			return io.ErrUnexpectedEOF
-		}
-		return err
-	}
-	return nil
-}
-
-// onTimeout decides, at a read deadline, whether the reader goes on.
-func (c *conn) onTimeout() error {
-	if c.isStopping() {
-		return errStopping
-	}
-	now := time.Now()
-	if c.reqCount != c.lastCount || c.inflight.Load() > 0 || c.sessionBusy() {
-		c.lastCount = c.reqCount
-		c.silentSince = now
-	}
-	if idle := c.srv.cfg.IdleTimeout; idle > 0 && now.Sub(c.silentSince) >= idle {
-		return errIdle
-	}
-	c.armRead(c.idleDeadline(now))
-	return nil
-}
-
-// idleDeadline is the next read deadline: a quarter of IdleTimeout from
-// now, so that an idle connection is closed between IdleTimeout and 1.25×
-// after its last request; none when IdleTimeout is off.
-func (c *conn) idleDeadline(now time.Time) time.Time {
-	idle := c.srv.cfg.IdleTimeout
-	if idle <= 0 {
-		return time.Time{}
-	}
-	return now.Add(max(idle/4, time.Millisecond))
-}
-
 func (c *conn) sessionBusy() bool {
 	s := c.sess
 	s.mu.Lock()
@@ -396,40 +222,21 @@ func (c *conn) sessionBusy() bool {
 	return s.current == c && s.executing > 0
 }
 
-// takeBuffer charges a buffer for o to the connection, waiting while the
-// connection holds MaxBufferBytes (backpressure), and gives it to o. It
-// returns false if the connection was aborted while waiting.
-func (c *conn) takeBuffer(o *op) bool {
-	n := int64(1) << (class(int(o.length)) + minBufShift)
-	limit := c.srv.cfg.MaxBufferBytes
-	fits := func() bool { cur := c.bufBytes.Load(); return cur == 0 || cur+n <= limit }
-	for !fits() {
-		c.budgetWait.Store(true)
-		if fits() {
-			c.budgetWait.Store(false)
-			break
-		}
-		select {
-		case <-c.budgetCh:
-		case <-c.kill:
-			c.budgetWait.Store(false)
-			return false
-		}
-		c.budgetWait.Store(false)
-	}
-	c.bufBytes.Add(n)
-	o.buf = c.srv.bufs.get(int(o.length))
-	return true
+// fits reports whether a buffer of n bytes may be charged to the
+// connection now (MaxBufferBytes); a single request larger than the limit
+// is served when the connection holds nothing.
+func (c *conn) fits(n int64) bool {
+	cur := c.bufBytes.Load()
+	return cur == 0 || cur+n <= c.srv.cfg.MaxBufferBytes
 }
 
-// releaseBuffer gives n bytes of buffer budget back (from any goroutine).
-func (c *conn) releaseBuffer(n int) {
+// releaseBuffer gives n bytes of buffer budget back. on is the connection
+// whose loop runs the release: any other goroutine wakes c's loop if it
+// waits for buffers.
+func (c *conn) releaseBuffer(n int, on *conn) {
 	c.bufBytes.Add(-int64(n))
-	if c.budgetWait.Load() {
-		select {
-		case c.budgetCh <- struct{}{}:
-		default:
-		}
+	if on != c && c.budgetWait.Load() {
+		c.x.kick()
 	}
 }
 
@@ -469,3 +276,5 @@ func (c *conn) check(o *op) wire.Status {
 	// a write (discard, write-zeroes) past the end.
 	return wire.StatusOf(c.exp.file.Check(backendOp(o.wop), backendFlags(o.flags), o.off, o.length))
 }
+
+func (c *conn) String() string { return fmt.Sprintf("conn %d", c.id) }

@@ -1,7 +1,6 @@
 package export
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -18,7 +17,7 @@ import (
 // and on success attaches the connection to a new or resumed session. The
 // connection's deadline (HandshakeTimeout from accept) bounds it. It
 // reads the HELLO without buffering, so that bytes a client sends after it
-// are left for the reader.
+// are left in the socket for the loop.
 func (c *conn) handshake() bool {
 	s := c.srv
 	var hb [wire.HandshakeHeaderSize]byte
@@ -72,15 +71,11 @@ func (c *conn) handshake() bool {
 		c.maxInflight = min(c.maxInflight, int64(hello.MaxInflight))
 	}
 	c.maxTransfer = exp.maxTransfer
-	if s.cfg.workerPerConn {
-		ex, err := newExecutor(s.workerDepth())
-		if err != nil {
-			c.log.Error("cannot start a worker for the connection", zap.Error(err))
-			return c.refuse(wire.RefuseBusy, "the exporter cannot start an I/O worker; retry later")
-		}
-		c.ex, c.ownEx = ex, true
-	} else {
-		c.ex = exp.ex
+	// The connection's ring, on this (locked) thread, before the session
+	// is touched: a connection that cannot have one is refused BUSY.
+	if err := c.setupRing(); err != nil {
+		c.log.Error("cannot create the connection's io_uring ring", zap.Error(err))
+		return c.refuse(wire.RefuseBusy, "the exporter cannot start an I/O ring for this connection; retry later")
 	}
 	sess, resumed, err := s.attachSession(c, hello)
 	if err != nil {
@@ -110,7 +105,6 @@ func (c *conn) handshake() bool {
 	c.dlMu.Lock()
 	c.phase = phaseRunning
 	c.dlMu.Unlock()
-	c.br = bufio.NewReaderSize(c.nc, readBufferSize)
 	msg := "session started"
 	if resumed {
 		msg = "session resumed"

@@ -1,5 +1,7 @@
 package export
 
+import "time"
+
 // Test hooks, visible to the export_test package only.
 
 // NumConns is the number of connections (handshaking or running).
@@ -16,26 +18,22 @@ func (s *Server) NumSessions() int {
 	return len(s.sessions)
 }
 
-// Hold parks every op submitted from now on in its export's executor
-// (recorded executing, not yet given to the Worker), or with on false
-// submits the parked ones.
+// Hold parks every op dispatched from now on in its connection's loop
+// (recorded executing, not yet started), or with on false starts the
+// parked ones.
 func (s *Server) Hold(on bool) {
-	for _, e := range s.list {
-		e.ex.setHold(on)
+	s.hold.Store(on)
+	if !on {
+		s.mu.Lock()
+		for c := range s.conns {
+			c.x.kick()
+		}
+		s.mu.Unlock()
 	}
 }
 
-// Executing is the number of ops submitted to the exports' executors and
-// not completed.
-func (s *Server) Executing() int64 {
-	var n int64
-	for _, e := range s.list {
-		if e.ex != nil {
-			n += e.ex.ops.Load()
-		}
-	}
-	return n
-}
+// Executing is the number of ops recorded executing and not finished.
+func (s *Server) Executing() int64 { return s.executing.Load() }
 
 // Detached is the number of sessions without a connection.
 func (s *Server) Detached() int {
@@ -52,9 +50,20 @@ func (s *Server) Detached() int {
 	return n
 }
 
-// WorkerPerConn makes the server give every connection its own Worker.
-func WorkerPerConn(cfg *Config) { cfg.workerPerConn = true }
-
 // MaxSessions sets how many sessions the server holds before it forgets
 // detached ones.
 func MaxSessions(cfg *Config, n int) { cfg.maxSessions = n }
+
+// IODelay makes every op take at least d (on a sync helper).
+func IODelay(cfg *Config, d time.Duration) { cfg.ioDelay = d }
+
+// BeforeDispatch calls fn on the connection's loop before each op is
+// dispatched; fn may block the loop.
+func BeforeDispatch(cfg *Config, fn func(id uint64)) { cfg.beforeDispatch = fn }
+
+// MemoryFile reports whether the export serves its reads and writes by
+// inline copies (a file on a memory filesystem), and through a mapping.
+func (s *Server) MemoryFile(name string) (inline, mapped bool) {
+	e := s.exports[name]
+	return e.inline, e.mem != nil
+}

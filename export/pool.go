@@ -23,9 +23,10 @@ import (
 // a page more is allocated and the buffer starts at the first page boundary.
 //
 // Ownership: a buffer belongs to exactly one op at a time, from get to put.
-// Between Worker.Submit and Done it is the Worker's (and the kernel's); a
-// READ's buffer then travels with its reply to a writer, which puts it back
-// once writev has returned.
+// While the op executes it is the kernel's (or a sync helper's); a READ's
+// buffer then travels with its reply to the loop of the session's current
+// connection, which puts it back once the WRITEV that carried it has
+// completed.
 
 const (
 	pageSize    = 4096
@@ -74,43 +75,37 @@ func alignedBytes(n int) []byte {
 	return b[off : off+n : off+n]
 }
 
-// op is one request on its way through the pipeline: read by a conn's
-// reader, recorded and submitted under its session's lock, executed by a
-// Worker, completed in Done, and (for a READ) written by a writer. Ops are
-// pooled; each one keeps its backend.Request and Done func for life.
+// op is one request on its way through the pipeline: parsed by its
+// connection's loop, recorded under its session's lock, executed on that
+// loop's ring (or inline, or by a sync helper), completed there, and (for a
+// READ) sent by the loop of the session's current connection. Ops are
+// pooled.
 type op struct {
 	srv  *Server
-	req  backend.Request
 	sess *session
-	ex   *executor
-	// origin is the connection that read the op and is charged for its
-	// buffer (MaxBufferBytes); counted is the connection whose
-	// MaxInflight count the reply gives back (origin, or the connection
-	// of a duplicate that took the transaction over after a resume).
+	// origin is the connection that read the op, executes it, and is
+	// charged for its buffer (MaxBufferBytes); counted is the connection
+	// whose MaxInflight count the reply gives back (origin, or the
+	// connection of a duplicate that took the transaction over after a
+	// resume).
 	origin  *conn
 	counted *conn
 
 	id     uint64
 	wop    wire.Op
 	flags  wire.Flags
+	bop    backend.Op
+	bflags backend.Flags
 	off    uint64
 	length uint32
 	// reqFloor is the request's floor (§5.3 rule 3).
 	reqFloor uint64
 	buf      *buffer
 	handle   uint32 // 1 + index in the session's table of executing ops
+	err      error  // result of the synchronous path (sync helper)
 }
 
-var opPool sync.Pool
-
-func init() {
-	opPool.New = func() any {
-		o := new(op)
-		o.req.Ctx = o
-		o.req.Done = o.complete
-		return o
-	}
-}
+var opPool = sync.Pool{New: func() any { return new(op) }}
 
 func getOp(s *Server) *op {
 	o := opPool.Get().(*op)
@@ -118,17 +113,28 @@ func getOp(s *Server) *op {
 	return o
 }
 
+// data is the op's data buffer cut to its length (nil for ops without
+// one).
+func (o *op) data() []byte {
+	if o.buf == nil {
+		return nil
+	}
+	return o.buf.b[:o.length]
+}
+
 // release gives the buffer back (crediting the connection it was charged
-// to) and returns the op to the pool. The op must not be referenced after.
-func (o *op) release() {
+// to) and returns the op to the pool. on is the connection whose loop is
+// running the release (nil if none): the origin's loop re-checks its
+// budget after every batch by itself, any other releaser wakes it if it
+// waits for buffers. The op must not be referenced after.
+func (o *op) release(on *conn) {
 	if o.buf != nil {
-		o.origin.releaseBuffer(len(o.buf.b))
+		n := len(o.buf.b)
 		o.srv.bufs.put(o.buf)
 		o.buf = nil
+		o.origin.releaseBuffer(n, on)
 	}
-	o.sess, o.ex, o.origin, o.counted, o.srv = nil, nil, nil, nil, nil
-	o.req.File = nil
-	o.req.Buf = nil
+	*o = op{}
 	opPool.Put(o)
 }
 

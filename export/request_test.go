@@ -282,13 +282,20 @@ func transfer(t *testing.T, addr string, base uint64, stop <-chan struct{}) <-ch
 }
 
 // TestMalformedFrames: each framing error closes that connection, with a
-// logged reason, while another client's transfer goes on unaffected.
+// logged reason, while another client's transfer goes on unaffected, on
+// every transport.
 func TestMalformedFrames(t *testing.T) {
+	for _, tr := range exporttest.Transports(t) {
+		t.Run(tr.Name, func(t *testing.T) { malformedFrames(t, tr.URL) })
+	}
+}
+
+func malformedFrames(t *testing.T, url string) {
 	path := exporttest.File(t, testSize)
 	cfg := config(path)
 	log, logs := exporttest.ObservedLogger(t)
 	cfg.Log = log
-	_, addr := exporttest.Start(t, cfg, exporttest.TCP4)
+	_, addr := exporttest.Start(t, cfg, url)
 	stop := make(chan struct{})
 	errc := transfer(t, addr, 8<<20, stop)
 
@@ -377,14 +384,20 @@ func TestMaxInflight(t *testing.T) {
 	c.ExpectClosed(5 * time.Second)
 }
 
-// TestBufferBackpressure: with a small MaxBufferBytes the reader stops
-// reading while buffers are held, and everything completes once they come
-// back: backpressure, never an error.
+// TestBufferBackpressure: with a small MaxBufferBytes the connection
+// stops reading while buffers are held, and everything completes once they
+// come back: backpressure, never an error. On every transport.
 func TestBufferBackpressure(t *testing.T) {
+	for _, tr := range exporttest.Transports(t) {
+		t.Run(tr.Name, func(t *testing.T) { bufferBackpressure(t, tr.URL) })
+	}
+}
+
+func bufferBackpressure(t *testing.T, url string) {
 	path := exporttest.File(t, testSize)
 	cfg := config(path)
 	cfg.MaxBufferBytes = 64 << 10
-	srv, addr := exporttest.Start(t, cfg, exporttest.TCP4)
+	srv, addr := exporttest.Start(t, cfg, url)
 	c := exporttest.Connect(t, addr, "disk")
 	srv.Hold(true)
 	const n = 64

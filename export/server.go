@@ -20,11 +20,6 @@ import (
 // ErrServerClosed is returned by Serve once Shutdown or Close has begun.
 var ErrServerClosed = errors.New("export: server closed")
 
-// defaultWorkerDepth is the io_uring depth of an export's Worker; its
-// queue (4× the depth) bounds what is handed to it at once, the rest waits
-// in the executor.
-const defaultWorkerDepth = 256
-
 // Server serves exports to DST clients. Create it with New, give it
 // listeners with Serve, stop it with Shutdown (or Close).
 type Server struct {
@@ -47,6 +42,9 @@ type Server struct {
 	wg          sync.WaitGroup
 	janitorWake chan struct{}
 
+	executing atomic.Int64 // ops executing on every connection (tests, logs)
+	hold      atomic.Bool  // tests: park every op before it executes (Hold)
+
 	teardownOnce sync.Once
 	teardownErr  error
 }
@@ -59,7 +57,10 @@ type export struct {
 	maxTransfer        uint32
 	physicalBlock      uint32
 	discardGranularity uint32
-	ex                 *executor // nil with workerPerConn
+	// inline: a memory file (memfile.go): reads, writes and flushes are
+	// done by the loops themselves, through mem when it is set.
+	inline bool
+	mem    *memFile
 }
 
 // New checks cfg and opens every export (O_DIRECT unless Buffered), so
@@ -93,18 +94,6 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func (s *Server) workerDepth() int {
-	if s.cfg.workerDepth > 0 {
-		return s.cfg.workerDepth
-	}
-	if s.cfg.workerPerConn {
-		// Enough that a connection at MaxInflight never overflows the
-		// Worker's queue (4× depth).
-		return min(max(int(s.cfg.MaxInflight)/4, 16), defaultWorkerDepth)
-	}
-	return defaultWorkerDepth
-}
-
 func (s *Server) openExport(ec ExportConfig) (*export, error) {
 	f, err := backend.Open(ec.Path, backend.Options{ReadOnly: ec.ReadOnly, Buffered: ec.Buffered})
 	if err != nil {
@@ -136,29 +125,23 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 		g := max(caps.DiscardGranularity, lbs)
 		e.discardGranularity = (g + lbs - 1) / lbs * lbs
 	}
-	if !s.cfg.workerPerConn {
-		if e.ex, err = newExecutor(s.workerDepth()); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("export %q: %w", ec.Name, err)
-		}
+	if e.inline = inlineCopies(f); e.inline {
+		e.mem = mapFile(f) // nil if it cannot be mapped: pread and pwrite then
 	}
 	s.log.Info("export ready", zap.String("export", ec.Name), zap.Stringer("file", f),
-		zap.Stringer("features", e.features), zap.Uint32("max_transfer", e.maxTransfer))
+		zap.Stringer("features", e.features), zap.Uint32("max_transfer", e.maxTransfer), zap.Bool("memory_file", e.inline))
 	return e, nil
 }
 
-// closeExports stops the Workers (after their ops completed), syncs the
-// writable exports and closes them.
+// closeExports syncs the writable exports and closes them. Every
+// connection has ended, and with it every op: no I/O is in flight.
 func (s *Server) closeExports() error {
 	var errs []error
 	for _, e := range s.list {
-		if e.ex != nil {
-			if err := e.ex.close(); err != nil {
-				errs = append(errs, fmt.Errorf("export %q: %w", e.cfg.Name, err))
-			}
+		if e.mem != nil {
+			e.mem.unmap()
+			e.mem = nil
 		}
-	}
-	for _, e := range s.list {
 		if !e.cfg.ReadOnly {
 			if err := e.file.Sync(backend.OpFlush, 0, 0, nil, 0); err != nil {
 				errs = append(errs, fmt.Errorf("export %q: fdatasync: %w", e.cfg.Name, err))
@@ -488,6 +471,7 @@ func (s *Server) beginStop() {
 }
 
 func (s *Server) abortAll(why string) {
+	s.hold.Store(false) // parked ops must run for the connections to end
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {

@@ -6,7 +6,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/dst-dev/dst/internal/backend"
 	"github.com/dst-dev/dst/internal/wire"
 )
 
@@ -17,13 +16,18 @@ import (
 // every reply goes (§5.3 rule 5). Everything in it is guarded by mu, and
 // the two places that change the record are:
 //
-//   - dispatch (a conn's reader, for each request): fence check, floor,
-//     record lookup, and for a new transaction the request checks and the
-//     Submit, all under mu;
-//   - complete (a Worker's goroutine, for each op): record the status,
-//     queue the reply on the current connection, under mu.
+//   - dispatch (a connection's loop, for each request it reads): fence
+//     check, floor, record lookup, and for a new transaction the request
+//     checks and the entry marked executing, all under mu; the loop then
+//     executes the op on its own ring;
+//   - finish (the loop of the connection that read the op, when it has
+//     completed): record the status, queue the reply on the session's
+//     current connection, under mu. That connection may be another one
+//     (after a resume): the reply then goes through its cross-thread
+//     queue.
 //
-// Lock order: Server.mu, then session.mu, then a conn's reply queue lock.
+// Lock order: Server.mu, then session.mu, then a conn's cross-thread
+// queue lock (xqueue.mu).
 
 const (
 	// recordSize is the number of ids the record holds (§5.3: at least
@@ -96,30 +100,32 @@ type session struct {
 	current   *conn // where replies go; nil while detached
 	floor     uint64
 	rec       record
-	executing int           // ops recorded executing
-	drained   chan struct{} // closed when executing drops to 0 (if someone waits)
-	detached  time.Time     // when current became nil
-	gone      bool          // forgotten (DISCONNECT, linger, shutdown)
+	executing int       // ops recorded executing
+	detached  time.Time // when current became nil
+	gone      bool      // forgotten (DISCONNECT, linger, shutdown)
 }
 
 // Outcomes of dispatch that the reader acts on.
 type dispatchResult uint8
 
 const (
-	dispatched dispatchResult = iota // submitted, answered, or waiting for a copy
+	dispatched dispatchResult = iota // answered at once, or waiting for a copy
+	execute                          // recorded executing: the caller executes o
 	fenced                           // the conn is no longer current: stop reading
 	collision                        // protocol violation: close the conn
 )
 
-// dispatch applies the rules of §5.3 to op o, read on conn c, and either
-// submits it, answers it at once, or drops it. It owns o from here on.
+// dispatch applies the rules of §5.3 to op o, read on conn c (and called
+// on c's loop), and either records it executing (execute: the caller then
+// owns o and executes it), answers it at once, or drops it (it owns o
+// then).
 func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 	s.mu.Lock()
 	if s.current != c || s.gone {
 		// §5.4 step 1: nothing read on a replaced connection is
 		// dispatched after the fence.
 		s.mu.Unlock()
-		o.release()
+		o.release(c)
 		return fenced, 0
 	}
 	if o.id == 0 {
@@ -127,7 +133,7 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 		// error: refuse it without touching the record.
 		c.replyLocked(o, wire.StatusEINVAL)
 		s.mu.Unlock()
-		o.release()
+		o.release(c)
 		return dispatched, 0
 	}
 	s.floor = max(s.floor, o.reqFloor)
@@ -135,7 +141,7 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 		// Rule 4: below the floor, the entry may be gone.
 		c.replyLocked(o, wire.StatusESTALE)
 		s.mu.Unlock()
-		o.release()
+		o.release(c)
 		return dispatched, 0
 	}
 	e := s.rec.entry(o.id)
@@ -146,12 +152,12 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 		// Rule 4: evicted by a newer id.
 		c.replyLocked(o, wire.StatusESTALE)
 		s.mu.Unlock()
-		o.release()
+		o.release(c)
 		return dispatched, 0
 	case e.id < o.id: // executing: the ring would lose it
 		other := e.id
 		s.mu.Unlock()
-		o.release()
+		o.release(c)
 		return collision, other
 	case wire.Op(e.op) != o.wop:
 		// §5.1: an id is never reused for another request. Refuse
@@ -160,7 +166,7 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 			zap.Uint64("id", o.id), zap.Stringer("op", o.wop), zap.Stringer("recorded", wire.Op(e.op)))
 		c.replyLocked(o, wire.StatusEINVAL)
 		s.mu.Unlock()
-		o.release()
+		o.release(c)
 		return dispatched, 0
 	case e.state == stateExecuting:
 		// Rule 1: not executed again; the first copy's completion
@@ -173,13 +179,13 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 			first.counted = c
 		}
 		s.mu.Unlock()
-		o.release()
+		o.release(c)
 		return dispatched, 0
 	case o.wop != wire.OpRead:
 		// Rule 2: done, answered from the record.
 		c.replyLocked(o, wire.Status(e.status))
 		s.mu.Unlock()
-		o.release()
+		o.release(c)
 		return dispatched, 0
 	}
 	// A new transaction, or a READ executed again (rule 2).
@@ -187,7 +193,7 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 		*e = entry{id: o.id, state: stateDone, status: uint16(st), op: uint8(o.wop)}
 		c.replyLocked(o, st)
 		s.mu.Unlock()
-		o.release()
+		o.release(c)
 		return dispatched, 0
 	}
 	o.sess = s
@@ -195,28 +201,18 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 	o.handle = s.rec.add(o)
 	*e = entry{id: o.id, state: stateExecuting, handle: o.handle, op: uint8(o.wop)}
 	s.executing++
-	f := s.exp.file
-	o.req.File = f
-	o.req.Op = backendOp(o.wop)
-	o.req.Flags = backendFlags(o.flags)
-	o.req.Off = o.off
-	o.req.Length = o.length
-	if o.buf != nil {
-		o.req.Buf = o.buf.b
-	} else {
-		o.req.Buf = nil
-	}
-	c.ex.submit(o) // never blocks
+	o.bop = backendOp(o.wop)
+	o.bflags = backendFlags(o.flags)
 	s.mu.Unlock()
-	return dispatched, 0
+	return execute, 0
 }
 
-// complete is the op's backend.Request.Done: on a Worker goroutine, it
-// must not block. It records the result and sends the reply to the
-// session's current connection, or keeps it in the record (rule 5).
-func (o *op) complete(_ *backend.Request, err error) {
-	ex := o.ex
-	ex.next()
+// finish is the end of op o, read and executed by c (on c's loop): it
+// records the result and sends the reply to the session's current
+// connection, or keeps it in the record (rule 5).
+func (c *conn) finish(o *op, err error) {
+	c.ops--
+	c.srv.executing.Add(-1)
 	st := wire.StatusOf(err)
 	s := o.sess
 	if err != nil {
@@ -237,17 +233,16 @@ func (o *op) complete(_ *backend.Request, err error) {
 			r.hdr.Length = o.length
 			r.op = o
 		}
-		kept = cur.q.push(r) && r.op != nil
-	}
-	if s.executing == 0 && s.drained != nil {
-		close(s.drained)
-		s.drained = nil
+		if cur == c {
+			kept = c.queueReply(r) && r.op != nil
+		} else {
+			kept = cur.x.push(xevent{kind: evReply, r: r}) && r.op != nil
+		}
 	}
 	s.mu.Unlock()
 	if !kept {
-		o.release()
+		o.release(c)
 	}
-	ex.finished()
 }
 
 // attach makes c the session's current connection, fencing the previous
@@ -275,31 +270,4 @@ func (s *session) detach(c *conn) bool {
 	s.current = nil
 	s.detached = time.Now()
 	return true
-}
-
-// waitDrained waits until no op of the session is executing, while c is
-// the current connection. It returns false if c stopped being current or
-// was aborted.
-func (s *session) waitDrained(c *conn) bool {
-	for {
-		s.mu.Lock()
-		if s.current != c || s.gone {
-			s.mu.Unlock()
-			return false
-		}
-		if s.executing == 0 {
-			s.mu.Unlock()
-			return true
-		}
-		if s.drained == nil {
-			s.drained = make(chan struct{})
-		}
-		ch := s.drained
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-c.kill:
-			return false
-		}
-	}
 }
