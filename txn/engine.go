@@ -449,10 +449,19 @@ func (e *Engine) HasReady() bool {
 	case Down:
 		return e.now >= e.retryAt && e.fatal == 0
 	case Up:
+		e.dropStale()
 		return e.closeConn || e.pingDue || (e.pending.len() > 0 && e.sent < e.maxInflight) ||
 			(e.detach && e.tab.used == 0 && !e.detached)
 	}
 	return false
+}
+
+// dropStale removes completed transactions from the head of the pending
+// queue, so that a non-empty queue always starts with work.
+func (e *Engine) dropStale() {
+	for e.pending.len() > 0 && !e.pending.at(0).live() {
+		e.pending.pop()
+	}
 }
 
 // Ready returns the work to do. Call Advance when it is done; Ready must
@@ -485,6 +494,7 @@ func (e *Engine) prepare() *Ready {
 			rd.CloseConn = true
 			break
 		}
+		e.dropStale()
 		for i := 0; i < e.pending.len() && e.sent+len(rd.Send) < e.maxInflight; i++ {
 			if en := e.pending.at(i); en.live() {
 				rd.Send = append(rd.Send, en.x)
