@@ -328,7 +328,7 @@ func TestModel(t *testing.T) {
 					s.send()
 				}
 			},
-			"dial":     func(t *rapid.T) { s.dial(t); s.send() },
+			"dial": func(t *rapid.T) { s.dial(t); s.send() },
 			"cut": func(t *rapid.T) {
 				if s.e.State() == Up && rapid.IntRange(0, 2).Draw(t, "cutSkip") == 0 {
 					s.cut()
