@@ -6,7 +6,7 @@
 #                fuzz of every decoder, and the guest tests (installs what it
 #                needs: apt packages, the guest kernel)
 #
-# Other targets: build, lint, hosttest, fuzz (FUZZTIME=2m), vmtest, bench,
+# Other targets: build, lint, hosttest, fuzz, fuzz-long, vmtest, bench,
 # bench-vm, clean.
 
 SHELL    := /bin/bash
@@ -15,7 +15,8 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/dst
 FUZZTIME ?= 5s
-.PHONY: all build test lint hosttest fuzz vmtest bench bench-vm demo clean deps
+FUZZ_PROPS ?=
+.PHONY: all build test lint hosttest fuzz fuzz-long vmtest bench bench-vm demo clean deps
 
 all: build
 
@@ -38,7 +39,11 @@ hosttest: deps
 
 # fuzz runs every FuzzXxx of the module for FUZZTIME each.
 fuzz:
-	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+	FUZZTIME=$(FUZZTIME) FUZZ_PROPS=$(FUZZ_PROPS) ./scripts/fuzz.sh
+
+# fuzz-long: minutes per target and many more model cases and seeds.
+fuzz-long:
+	FUZZTIME=2m FUZZ_PROPS=20 ./scripts/fuzz.sh
 
 vmtest: build
 	vmtest/run.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of the module (found by name: func FuzzXxx in a
 # _test.go file) for FUZZTIME each (default 5s), one after the other, and
-# prints the executions each reached. Fails on the first crash; the failing
+# prints the executions each reached. With FUZZ_PROPS=N it also runs the
+# engine's model test with N thousand cases and the history check with N
+# seeds (`make fuzz` sets N=20). Fails on the first crash; the failing
 # input is saved under the package's testdata/fuzz and reported by go test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,3 +21,11 @@ while IFS=: read -r file name; do
 	printf 'fuzz %-22s %-20s %10s execs in %s\n' "$pkg" "$name" "$execs" "$FUZZTIME"
 done < <(grep -rHoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's|^\./||; s|:func |:|' | sort)
 echo "fuzz.sh: all targets passed, $total executions in total"
+
+# The model-based and history checks get more cases here than in the
+# regular test run: rapid checks and porcupine seeds scale with FUZZ_PROPS.
+if [ -n "${FUZZ_PROPS:-}" ]; then
+	echo "fuzz.sh: model test with $((FUZZ_PROPS * 1000)) rapid cases, history check with $FUZZ_PROPS seeds"
+	go test -count=1 -run '^TestModel$' ./txn -rapid.checks=$((FUZZ_PROPS * 1000)) -rapid.steps=300
+	DST_HISTORY_SEEDS=$FUZZ_PROPS go test -count=1 -run '^TestHistoryLinearizable$' ./txn
+fi
