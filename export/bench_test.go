@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -244,4 +245,50 @@ func (c *benchClient) receive(n int) error {
 		<-c.sem
 	}
 	return nil
+}
+
+// TestSteadyStateAllocs: once warmed up, the exporter allocates nothing
+// per request (ops and buffers are pooled, iovecs and queues reused): a
+// pipelined client (itself allocation-free but for a goroutine and a
+// channel per run) does reads and writes of 4 KiB and 128 KiB, and the
+// whole process allocates a few dozen times per run, whatever its length.
+func TestSteadyStateAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items under -race")
+	}
+	if testing.Short() {
+		t.Skip("short")
+	}
+	path := exporttest.File(t, benchFileSize)
+	for _, bc := range []benchCase{
+		{"read-4k", wire.OpRead, 4 << 10, 16, false, 1},
+		{"write-4k", wire.OpWrite, 4 << 10, 16, false, 1},
+		{"read-128k", wire.OpRead, 128 << 10, 4, true, 1},
+		{"write-128k", wire.OpWrite, 128 << 10, 4, true, 1},
+	} {
+		t.Run(bc.name, func(t *testing.T) {
+			cfg := config(path)
+			cfg.Log = zap.NewNop()
+			_, addr := exporttest.Start(t, cfg, exporttest.TCP4)
+			c := newBenchClient(exporttest.Connect(t, addr, "disk"), bc, 1)
+			if err := c.run(2000); err != nil { // warm up
+				t.Fatal(err)
+			}
+			n := 20000
+			if bc.size > 4<<10 {
+				n = 5000
+			}
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			if err := c.run(n); err != nil {
+				t.Fatal(err)
+			}
+			runtime.ReadMemStats(&after)
+			if allocs := after.Mallocs - before.Mallocs; allocs > 128+uint64(n)/200 {
+				t.Fatalf("%d allocations for %d requests", allocs, n)
+			} else {
+				t.Logf("%d allocations for %d requests", allocs, n)
+			}
+		})
+	}
 }
