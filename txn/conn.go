@@ -67,6 +67,9 @@ type Conn struct {
 	log     *zap.Logger
 	deliver func(Handle, syscall.Errno)
 	onState func(ConnState)
+	// onSession, if set, learns a new session token before the first
+	// request goes out on it.
+	onSession func(wire.Token)
 
 	fd       int
 	session  wire.Token
@@ -410,6 +413,15 @@ func (c *Conn) dialDone(r dialResult) {
 }
 
 func (c *Conn) install(fd int, w *wire.Welcome) {
+	if !c.session.IsZero() && !w.Resumed {
+		// The exporter no longer knows the session (it restarted, or the
+		// linger time passed): what is unanswered is resent into a new
+		// one (PROTOCOL.md §5.4).
+		c.log.Warn("session not resumed: a new session starts", zap.Stringer("url", c.d.url), zap.Stringer("old", c.session))
+	}
+	if w.Session != c.session && c.onSession != nil {
+		c.onSession(w.Session)
+	}
 	c.fd = fd
 	c.session = w.Session
 	c.snd = ringio.NewSender(fd, c.loop.UserData(udSend))

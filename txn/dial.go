@@ -37,6 +37,19 @@ type Options struct {
 	// OnState is called when a connection's state changes (from the
 	// goroutine that drives it).
 	OnState func(ConnState)
+
+	// Recovery (dst recover). FirstID: see Config.FirstID. Sessions[i] is
+	// the session token queue i resumes (the first connection, made by
+	// DialTarget, is queue 0's); a zero or missing token starts a new
+	// session.
+	FirstID  uint64
+	Sessions []wire.Token
+	// OnSession is called with a queue's session token whenever its
+	// connection comes up with a token the queue did not hold yet (a new
+	// session), before any request is sent on it, from the goroutine that
+	// drives the queue: whoever must resume the session after a crash
+	// stores the token here (it is a bearer credential).
+	OnSession func(queue int, token wire.Token)
 }
 
 func (o *Options) defaults() {
@@ -79,6 +92,7 @@ func (o *Options) engineConfig() Config {
 		Ping:       ticks(o.Ping, o.Tick),
 		BackoffMin: 1,
 		BackoffMax: ticks(o.BackoffMax, o.Tick),
+		FirstID:    o.FirstID,
 	}
 }
 
@@ -103,6 +117,14 @@ func newDialer(opts Options) (*dialer, error) {
 		return nil, fmt.Errorf("URL %s: the client drives its socket with io_uring and needs tcp or unix, not the in-memory transport", u)
 	}
 	return &dialer{opts: opts, url: u}, nil
+}
+
+// resume is the session token queue i starts with (zero: a new session).
+func (d *dialer) resume(i int) wire.Token {
+	if i < len(d.opts.Sessions) {
+		return d.opts.Sessions[i]
+	}
+	return wire.Token{}
 }
 
 // handshake dials and negotiates one connection, resuming session if it

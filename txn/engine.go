@@ -54,6 +54,30 @@ type Config struct {
 	// BackoffMin/BackoffMax bound the delay between connection attempts;
 	// it doubles after each failure.
 	BackoffMin, BackoffMax uint64
+	// FirstID: transaction ids start at FirstID+1 (default 0: at 1). A
+	// daemon that takes a device over from a dead one (dst recover)
+	// resumes sessions whose records still hold the dead daemon's ids;
+	// §5.1 forbids reusing any of them, so the new engine starts above
+	// every id the old one could have used: EpochFirstID.
+	FirstID uint64
+}
+
+// Recovery epochs. A device's state record counts the daemons that have
+// served it (the epoch, bumped and written to disk before a recovering
+// daemon sends anything); the daemon of epoch e numbers its transactions
+// from e<<EpochShift + 1. Each epoch has 2^48 ids (nine years at a
+// million requests per second on one queue), and bit 63 stays free for
+// ping ids (PingBit), so MaxEpoch is 2^15-1. The exporter's record is
+// indexed by id modulo its size and compares whole ids, so the high bits
+// cost nothing there, and nothing has to be written while serving.
+const (
+	EpochShift = 48
+	MaxEpoch   = 1<<(63-EpochShift) - 1
+)
+
+// EpochFirstID is the Config.FirstID of a daemon of the given epoch.
+func EpochFirstID(epoch uint16) uint64 {
+	return uint64(min(epoch, MaxEpoch)) << EpochShift
 }
 
 // ConnState is the engine's view of the connection.
@@ -153,6 +177,7 @@ func New(cfg Config) *Engine {
 	cfg.BackoffMin = max(cfg.BackoffMin, 1)
 	cfg.BackoffMax = max(cfg.BackoffMax, cfg.BackoffMin)
 	tab := newTable(cfg.Capacity)
+	tab.next, tab.floor = cfg.FirstID+1, cfg.FirstID+1
 	return &Engine{
 		cfg:     cfg,
 		tab:     tab,

@@ -35,13 +35,17 @@ func DialTarget(ctx context.Context, opts Options) (*Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, w, err := d.handshake(ctx, wire.Token{})
+	conn, w, err := d.handshake(ctx, d.resume(0))
 	if err != nil {
 		return nil, err
 	}
 	d.first = w
 	return &Target{d: d, welcome: w, first: conn}, nil
 }
+
+// Resumed reports whether the first connection resumed the session it was
+// given in Options.Sessions[0].
+func (t *Target) Resumed() bool { return t.welcome.Resumed }
 
 // Welcome returns what the exporter announced.
 func (t *Target) Welcome() *wire.Welcome { return t.welcome }
@@ -79,6 +83,10 @@ func (t *Target) NewQueue(q *ublk.QueueContext) (ublk.QueueHandler, error) {
 	first := t.first
 	t.first = nil
 	h.c = newConn(q, &d, h.deliver)
+	h.c.session = d.resume(idx)
+	if cb := t.d.opts.OnSession; cb != nil {
+		h.c.onSession = func(tok wire.Token) { cb(idx, tok) }
+	}
 	t.conns = append(t.conns, h.c)
 	t.state = append(t.state, Down)
 	t.mu.Unlock()
