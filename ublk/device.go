@@ -20,7 +20,9 @@ import (
 // Stop (STOP_DEV: the kernel drains in-flight I/O through the queues, then
 // aborts the parked fetches; queues exit; rings, mappings and the char
 // device are closed) -> Delete (DEL_DEV, which waits for the last reference
-// to /dev/ublkcN, hence after Stop).
+// to /dev/ublkcN, hence after Stop). A recoverable device may instead be
+// left with Detach (or by the process's death) and taken over by another
+// process with Recover (recover.go).
 type Device struct {
 	ctrl   *Control
 	info   DevInfo
@@ -28,11 +30,12 @@ type Device struct {
 	char   *os.File
 	queues []*queue
 
-	wg      sync.WaitGroup
-	done    chan struct{}
-	errMu   sync.Mutex
-	qErr    error
-	stopped bool
+	wg        sync.WaitGroup
+	done      chan struct{}
+	errMu     sync.Mutex
+	qErr      error
+	stopped   bool
+	recovered RecoverTimes
 }
 
 // BlockPath is /dev/ublkbN for device id.
@@ -48,6 +51,11 @@ func Create(ctx context.Context, ctrl *Control, t Target, o Options) (d *Device,
 	want, params, err := buildParams(g, o)
 	if err != nil {
 		return nil, err
+	}
+	if o.Recoverable {
+		if f, err := ctrl.Features(); err == nil && f&FlagUserRecovery == 0 {
+			return nil, ErrNoRecoveryFeature
+		}
 	}
 	info, err := ctrl.AddDev(o.ID, want)
 	if err != nil {
@@ -71,14 +79,7 @@ func Create(ctx context.Context, ctrl *Control, t Target, o Options) (d *Device,
 	if err := ctrl.setParams(info.DevID, &params); err != nil {
 		return nil, err
 	}
-	if err := waitNode(ctx, CharPath(info.DevID)); err != nil {
-		return nil, err
-	}
-	d.char, err = os.OpenFile(CharPath(info.DevID), os.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", CharPath(info.DevID), err)
-	}
-	if err := d.startQueues(); err != nil {
+	if err := d.openQueues(ctx); err != nil {
 		return nil, err
 	}
 	if err := ctrl.StartDev(ctx, info.DevID, os.Getpid()); err != nil {
@@ -88,6 +89,25 @@ func Create(ctx context.Context, ctrl *Control, t Target, o Options) (d *Device,
 		return nil, err
 	}
 	return d, nil
+}
+
+// openQueues opens /dev/ublkcN and starts the queues: every tag of every
+// queue has a FETCH_REQ in the kernel when it returns. Shared by Create
+// (before START_DEV) and Recover (before END_USER_RECOVERY).
+func (d *Device) openQueues(ctx context.Context) error {
+	path := CharPath(d.info.DevID)
+	if err := waitNode(ctx, path); err != nil {
+		return err
+	}
+	var err error
+	d.char, err = os.OpenFile(path, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("open %s: %w: another process has it open%s", path, err, holdersString(d.info.DevID))
+		}
+		return fmt.Errorf("open %s: %w", path, err)
+	}
+	return d.startQueues()
 }
 
 // startQueues starts one locked goroutine per queue and waits until every

@@ -44,6 +44,7 @@ const (
 	tagHandling        // with the handler
 	tagCopying         // USER_COPY transfer outstanding
 	tagAborted         // the kernel aborted the fetch: device stopping
+	tagParked          // arrived while detaching: left to the next daemon
 )
 
 type queue struct {
@@ -80,8 +81,17 @@ type queue struct {
 	efd         int
 	efdVal      uint64
 
+	// Detaching (Device.Detach, for a later Recover): requests that
+	// arrive are parked, never started nor committed, and the kernel
+	// reissues them to the next daemon; the loop ends once the handler
+	// holds nothing (detachReq), or at once (abandonReq).
+	detachReq  atomic.Bool
+	abandonReq atomic.Bool
+	detaching  bool
+
 	aborted int // tags whose fetch the kernel aborted
 	held    int // tags handed out and not yet committed
+	parked  int // tags parked while detaching
 	err     error
 }
 
@@ -152,6 +162,13 @@ func (q *queue) setup(t Target) error {
 func (q *queue) run() {
 	for {
 		if q.finished() {
+			if q.detaching {
+				// The last commits are still in the SQ: hand them to the
+				// kernel, or it would reissue requests already done.
+				if _, err := q.ring.Submit(); err != nil && q.err == nil {
+					q.err = fmt.Errorf("queue %d: submit the last commits: %w", q.id, err)
+				}
+			}
 			return
 		}
 		n, err := q.ring.Wait(q.cqes, -1)
@@ -172,6 +189,12 @@ func (q *queue) run() {
 }
 
 func (q *queue) finished() bool {
+	if q.detachReq.Load() {
+		q.detaching = true
+	}
+	if q.detaching {
+		return q.detached()
+	}
 	if q.stopper != nil && !q.stopped && (q.stop.Load() || q.aborted == q.depth) {
 		// The device is going away: let the handler wind down its own
 		// work on the ring; its completions keep the loop turning.
@@ -187,6 +210,26 @@ func (q *queue) finished() bool {
 		return q.busy() == 0
 	}
 	return q.aborted == q.depth && q.busy() == 0
+}
+
+// detached decides the end of a detaching queue: nothing committed after
+// an abandon, and otherwise once every request the handler held has been
+// committed and its own work on the ring (a connection's goodbye) is done.
+func (q *queue) detached() bool {
+	if q.abandonReq.Load() {
+		return true
+	}
+	if q.held > 0 {
+		return false
+	}
+	if q.stopper != nil && !q.stopped {
+		q.stopped = true
+		q.dispatching.Store(true)
+		q.stopper.Stop()
+		q.dispatching.Store(false)
+		q.drain()
+	}
+	return q.busy() == 0
 }
 
 // busy counts requests the handler or a data copy still holds, and the
@@ -246,6 +289,14 @@ func (q *queue) startRequest(tag uint16) {
 	r.Length = d.nrSectors << sectorShift
 	r.Queue, r.Tag = q.id, tag
 	r.Buf = nil
+	if q.detaching || q.detachReq.Load() {
+		// Not ours any more: the kernel hands it to the next daemon
+		// (USER_RECOVERY_REISSUE).
+		q.detaching = true
+		q.state[tag] = tagParked
+		q.parked++
+		return
+	}
 	q.state[tag] = tagHandling
 	q.held++
 	switch op {
@@ -337,6 +388,20 @@ func (q *queue) Wake() {
 func (q *queue) wake() {
 	one := uint64(1)
 	unix.Write(q.efd, (*[8]byte)(unsafe.Pointer(&one))[:]) //nolint:errcheck // a full counter still wakes
+}
+
+// requestDetach makes the queue park new requests and return from run
+// once the handler holds nothing; requestAbandon makes it return at once,
+// without committing anything more.
+func (q *queue) requestDetach() {
+	q.detachReq.Store(true)
+	q.Wake()
+}
+
+func (q *queue) requestAbandon() {
+	q.abandonReq.Store(true)
+	q.detachReq.Store(true)
+	q.Wake()
 }
 
 // requestStop makes run return once nothing handed out is still running.
@@ -464,7 +529,10 @@ func (q *queue) teardown() {
 		q.ring.Close() // cancels whatever fetches are still parked
 	}
 	q.port.close(q)
-	if q.bufs != nil {
+	if q.bufs != nil && q.held == 0 {
+		// An abandoned queue leaves the buffers of the requests its target
+		// still holds mapped: the target may write into them until it
+		// gives up, and the process is on its way out anyway.
 		unix.Munmap(q.bufs)
 	}
 }
