@@ -46,7 +46,9 @@ type RefusedError struct {
 	Reason string
 }
 
-func (e *RefusedError) Error() string { return fmt.Sprintf("cannot recover device %d: %s", e.ID, e.Reason) }
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("cannot recover device %d: %s", e.ID, e.Reason)
+}
 
 func refused(id uint32, format string, a ...any) error {
 	return &RefusedError{ID: id, Reason: fmt.Sprintf(format, a...)}
