@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -35,6 +36,36 @@ type Record struct {
 	// Conn is the remote connection state ("up", "connecting"...), updated
 	// by remote devices when it changes.
 	Conn string `json:"conn,omitempty"`
+
+	// What `dst recover ID` needs to serve the device again without
+	// arguments. The kernel keeps the queues, depth and parameters; these
+	// rebuild the target and the daemon's behaviour.
+	BlockSize   uint32 `json:"block_size,omitempty"` // logical block size (null targets)
+	MaxIO       uint32 `json:"max_io,omitempty"`     // bytes per request granted by the kernel
+	UserCopy    bool   `json:"user_copy,omitempty"`
+	ReadOnly    bool   `json:"read_only,omitempty"`
+	Buffered    bool   `json:"buffered,omitempty"` // file targets: page cache instead of O_DIRECT
+	Recoverable bool   `json:"recoverable,omitempty"`
+	// KeepDevice: on SIGTERM the daemon leaves the device quiesced for the
+	// next `dst recover` instead of removing it.
+	KeepDevice bool    `json:"keep_device,omitempty"`
+	Remote     *Remote `json:"remote,omitempty"`
+	// Epoch counts the daemons that have served the device: `dst recover`
+	// increments it (and writes the record) before it sends anything, and
+	// numbers its transactions from txn.EpochFirstID(Epoch).
+	Epoch uint16 `json:"epoch,omitempty"`
+	// Recoveries counts successful `dst recover`s.
+	Recoveries int `json:"recoveries,omitempty"`
+}
+
+// Remote holds a remote device's connection settings and its sessions.
+type Remote struct {
+	Timeout string `json:"timeout"` // Go durations
+	Retries int    `json:"retries"`
+	Ping    string `json:"ping"`
+	// Sessions[i] is queue i's session token, hex: a bearer credential
+	// (whoever has it can resume the session), hence records are 0600.
+	Sessions []string `json:"sessions,omitempty"`
 }
 
 // Dir is a directory of records.
@@ -51,12 +82,17 @@ func (d Dir) Write(r *Record) error {
 	if err != nil {
 		return err
 	}
+	// CreateTemp makes the file 0600 (the record may hold session
+	// tokens); Chmod says so whatever the umask.
 	f, err := os.CreateTemp(string(d), ".ublk*.tmp")
 	if err != nil {
 		return fmt.Errorf("state record: %w", err)
 	}
 	tmp := f.Name()
-	_, err = f.Write(append(b, '\n'))
+	err = f.Chmod(0o600)
+	if err == nil {
+		_, err = f.Write(append(b, '\n'))
+	}
 	if err == nil {
 		err = f.Sync()
 	}
@@ -124,11 +160,51 @@ func (d Dir) List() ([]*Record, error) {
 	return out, nil
 }
 
-// Alive reports whether process pid exists.
+// Alive reports whether process pid exists and has not exited: a zombie
+// (killed, not yet reaped by its parent) is dead.
 func Alive(pid int) bool {
 	if pid <= 0 {
 		return false
 	}
-	_, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
-	return err == nil
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return true
+	}
+	switch b[i+2] {
+	case 'Z', 'X', 'x':
+		return false
+	}
+	return true
+}
+
+// ErrLocked: another process holds a device's lock.
+var ErrLocked = errors.New("locked by another process")
+
+// Lock takes the lock of device id, without waiting: the daemon serving a
+// device holds it for as long as it serves (the kernel drops it when the
+// process dies, however it dies), and `dst recover` takes it before it
+// touches the device, so two daemons never fight over one device. It
+// returns ErrLocked when another process holds it.
+func (d Dir) Lock(id uint32) (unlock func(), err error) {
+	if err := os.MkdirAll(string(d), 0o755); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	path := filepath.Join(string(d), fmt.Sprintf("ublk%d.lock", id))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock device %d: %w", id, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, ErrLocked
+		}
+		return nil, fmt.Errorf("lock device %d: %w", id, err)
+	}
+	return func() { f.Close() }, nil
 }
