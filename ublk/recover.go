@@ -134,21 +134,8 @@ func Recover(ctx context.Context, ctrl *Control, id uint32, t Target, o RecoverO
 	if o.Wait <= 0 {
 		o.Wait = 30 * time.Second
 	}
-	info, err := ctrl.DevInfo(id)
+	info, err := CheckTarget(ctrl, id, t)
 	if err != nil {
-		if errors.Is(err, unix.ENODEV) {
-			return nil, refused(id, "there is no such device")
-		}
-		return nil, err
-	}
-	if err := CheckRecoverable(info); err != nil {
-		return nil, err
-	}
-	p, err := ctrl.getParams(id)
-	if err != nil {
-		return nil, err
-	}
-	if err := checkGeometry(info, p, t.Geometry()); err != nil {
 		return nil, err
 	}
 	var times RecoverTimes
@@ -174,6 +161,27 @@ func Recover(ctx context.Context, ctrl *Control, id uint32, t Target, o RecoverO
 		d.info = got
 	}
 	return d, nil
+}
+
+// CheckTarget tells, changing nothing, whether t can take device id over:
+// the device must be recoverable and not dead (CheckRecoverable), and t
+// must have its geometry. It returns the device's info.
+func CheckTarget(ctrl *Control, id uint32, t Target) (DevInfo, error) {
+	info, err := ctrl.DevInfo(id)
+	if err != nil {
+		if errors.Is(err, unix.ENODEV) {
+			return info, refused(id, "there is no such device")
+		}
+		return info, err
+	}
+	if err := CheckRecoverable(info); err != nil {
+		return info, err
+	}
+	p, err := ctrl.getParams(id)
+	if err != nil {
+		return info, err
+	}
+	return info, checkGeometry(info, p, t.Geometry())
 }
 
 // startRecovery sends START_USER_RECOVERY until the kernel accepts it or

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dst-dev/dst/internal/state"
+	"github.com/dst-dev/dst/internal/wire"
 	"github.com/dst-dev/dst/transport"
 	"github.com/dst-dev/dst/txn"
 	"github.com/dst-dev/dst/ublk"
@@ -65,20 +66,10 @@ func attachCommand() *cli.Command {
 			}
 			ctrl.Close()
 
-			k := newRecordKeeper(state.Record{Kind: "remote", URL: u.String()})
+			k := newRecordKeeper(recordOptions(c, state.Record{Kind: "remote", URL: u.String(), ReadOnly: c.Bool("ro"),
+				Remote: &state.Remote{Timeout: c.Duration("timeout").String(), Retries: c.Int("retries"), Ping: c.Duration("ping").String()}}))
 			ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
-			target, err := txn.DialTarget(ctx, txn.Options{
-				URL:      rawURL,
-				Timeout:  c.Duration("timeout"),
-				Retries:  c.Int("retries"),
-				Ping:     c.Duration("ping"),
-				Capacity: 2 * o.Depth,
-				ReadOnly: c.Bool("ro"),
-				Log:      log.Named("txn"),
-				OnState: func(s txn.ConnState) {
-					k.update(func(r *state.Record) { r.Conn = s.String() })
-				},
-			})
+			target, err := txn.DialTarget(ctx, remoteOptions(rawURL, c.Duration("timeout"), c.Int("retries"), c.Duration("ping"), o.Depth, c.Bool("ro"), k))
 			cancel()
 			if err != nil {
 				return fmt.Errorf("attach %s: %w", u, err)
@@ -95,5 +86,25 @@ func attachCommand() *cli.Command {
 				zap.Uint64("resent", st.Resent), zap.Uint64("reconnects", st.Reconnects))
 			return err
 		},
+	}
+}
+
+// remoteOptions are the connection options of a remote device; the state
+// record follows the connection state and the queues' session tokens.
+func remoteOptions(url string, timeout time.Duration, retries int, ping time.Duration, depth int, ro bool, k *recordKeeper) txn.Options {
+	return txn.Options{
+		URL:      url,
+		Timeout:  timeout,
+		Retries:  retries,
+		Ping:     ping,
+		Capacity: 2 * depth,
+		ReadOnly: ro,
+		Log:      log.Named("txn"),
+		OnState: func(s txn.ConnState) {
+			k.update(func(r *state.Record) { r.Conn = s.String() })
+		},
+		// Written before any request goes out on the session: a daemon
+		// that dies after this point leaves a record that resumes it.
+		OnSession: func(queue int, tok wire.Token) { k.setSession(queue, tok) },
 	}
 }

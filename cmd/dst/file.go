@@ -65,8 +65,8 @@ func fileAddCommand() *cli.Command {
 			if f.Buffered() {
 				opts = append(opts, "--buffered")
 			}
-			rec := state.Record{Kind: "file", Path: path, Size: f.Size(), Options: opts}
-			return serveDevice(c.Context, t, o, newRecordKeeper(rec))
+			rec := state.Record{Kind: "file", Path: path, Size: f.Size(), Options: opts, ReadOnly: f.ReadOnly(), Buffered: f.Buffered()}
+			return serveDevice(c.Context, t, o, newRecordKeeper(recordOptions(c, rec)))
 		},
 	}
 }

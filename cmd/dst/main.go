@@ -60,6 +60,7 @@ func newApp() *cli.App {
 			attachCommand(),
 			keygenCommand(),
 			proxyCommand(),
+			recoverCommand(),
 		},
 		// Errors are printed once, by main, without usage noise.
 		OnUsageError:    func(c *cli.Context, err error, isSubcommand bool) error { return usageError{err} },

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dst-dev/dst/internal/state"
+	"github.com/dst-dev/dst/internal/wire"
 	"github.com/dst-dev/dst/ublk"
 )
 
@@ -64,16 +66,22 @@ func deviceFlags() []cli.Flag {
 		&cli.IntFlag{Name: "id", Value: -1, Usage: "device id (default: the kernel picks)"},
 		&cli.StringFlag{Name: "max-io", Usage: "largest request size (default 512KiB)"},
 		&cli.BoolFlag{Name: "user-copy", Usage: "move data with pread/pwrite on /dev/ublkcN (UBLK_F_USER_COPY)"},
+		&cli.BoolFlag{Name: "recoverable", Usage: "keep the device when this daemon dies (I/O waits) until `dst recover ID` serves it again (UBLK_F_USER_RECOVERY, Linux 6.1+)"},
+		&cli.BoolFlag{Name: "keep-device", Usage: "on SIGTERM/SIGINT leave the device quiesced for `dst recover` (a planned upgrade) instead of removing it; needs --recoverable"},
 	}
 }
 
 // deviceOptions validates the shared flags before anything is created.
 func deviceOptions(c *cli.Context) (ublk.Options, error) {
 	o := ublk.Options{
-		ID:       c.Int("id"),
-		Queues:   c.Int("queues"),
-		Depth:    c.Int("depth"),
-		UserCopy: c.Bool("user-copy"),
+		ID:          c.Int("id"),
+		Queues:      c.Int("queues"),
+		Depth:       c.Int("depth"),
+		UserCopy:    c.Bool("user-copy"),
+		Recoverable: c.Bool("recoverable"),
+	}
+	if c.Bool("keep-device") && !o.Recoverable {
+		return o, usagef("--keep-device needs --recoverable: only a recoverable device can be left for a new daemon")
 	}
 	if o.Queues < 1 || o.Queues > ublk.MaxQueues {
 		return o, usagef("--queues %d out of range: need 1..%d", o.Queues, ublk.MaxQueues)
@@ -136,7 +144,8 @@ func addCommand() *cli.Command {
 						return usagef("--size %s is not a positive multiple of the block size %d", c.String("size"), bs)
 					}
 					t := &ublk.NullTarget{Size: size, BlockSize: uint32(bs)}
-					return serveDevice(c.Context, t, o, newRecordKeeper(state.Record{Kind: "null", Size: size}))
+					rec := state.Record{Kind: "null", Size: size, BlockSize: uint32(bs)}
+					return serveDevice(c.Context, t, o, newRecordKeeper(recordOptions(c, rec)))
 				},
 			},
 			fileAddCommand(),
@@ -174,8 +183,29 @@ func (k *recordKeeper) publish(f func(*state.Record)) {
 	k.update(f)
 }
 
+// recordOptions adds the device options of the command line to a record.
+func recordOptions(c *cli.Context, r state.Record) state.Record {
+	r.Recoverable = c.Bool("recoverable")
+	r.KeepDevice = c.Bool("keep-device")
+	return r
+}
+
+// setSession stores queue i's session token in the record.
+func (k *recordKeeper) setSession(i int, tok wire.Token) {
+	k.update(func(r *state.Record) {
+		if r.Remote == nil {
+			r.Remote = &state.Remote{}
+		}
+		for len(r.Remote.Sessions) <= i {
+			r.Remote.Sessions = append(r.Remote.Sessions, "")
+		}
+		r.Remote.Sessions[i] = hex.EncodeToString(tok[:])
+	})
+}
+
 // serveDevice creates the device, prints its path, and serves until a
-// signal or an outside stop; it always removes the device on the way out.
+// signal or an outside stop; on the way out it removes the device, or
+// leaves it for `dst recover` (--keep-device).
 func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, k *recordKeeper) error {
 	if err := requireRoot(); err != nil {
 		t.Close()
@@ -197,19 +227,37 @@ func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, k *recordKe
 	cancel()
 	if err != nil {
 		t.Close()
+		if errors.Is(err, ublk.ErrNoRecoveryFeature) {
+			return fmt.Errorf("--recoverable: %w", err)
+		}
 		return fmt.Errorf("create device: %w", err)
+	}
+	if unlock, err := stateDir.Lock(d.ID()); err == nil {
+		defer unlock()
+	} else {
+		log.Warn("device lock", zap.Uint32("id", d.ID()), zap.Error(err))
 	}
 	info := d.Info()
 	k.publish(func(rec *state.Record) {
 		rec.ID, rec.PID, rec.Target = d.ID(), os.Getpid(), t.Describe()
 		rec.Queues, rec.Depth, rec.Started = int(info.NrHWQueues), int(info.QueueDepth), time.Now().UTC()
 		rec.Size = t.Geometry().Size
+		rec.MaxIO = info.MaxIOBufBytes
+		rec.UserCopy = info.Flags&ublk.FlagUserCopy != 0
+		rec.Recoverable = info.Flags&ublk.FlagUserRecovery != 0
 	})
 	fmt.Println(d.Path())
 	log.Info("device ready", zap.String("path", d.Path()), zap.String("target", t.Describe()),
 		zap.Uint16("queues", info.NrHWQueues), zap.Uint16("depth", info.QueueDepth),
 		zap.Uint32("max_io", info.MaxIOBufBytes), zap.String("flags", strings.Join(ublk.FeatureNames(info.Flags), "|")))
+	return runDevice(d, k, sigs)
+}
 
+// runDevice serves d until a signal or an outside stop. With a signal it
+// removes the device, or, if the record says KeepDevice, leaves it
+// quiesced for `dst recover`; after an outside stop (dst del) it only
+// cleans up.
+func runDevice(d *ublk.Device, k *recordKeeper, sigs <-chan os.Signal) error {
 	outside := false
 	select {
 	case s := <-sigs:
@@ -217,6 +265,22 @@ func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, k *recordKe
 	case <-d.Done():
 		outside = true
 		log.Warn("device was stopped from outside (dst del?)", zap.String("path", d.Path()))
+	}
+	if !outside && k.keepDevice() {
+		// The requests the target holds get up to detachDrain to finish;
+		// what is left then, and what arrives meanwhile, is reissued to
+		// the next daemon by the kernel.
+		ctx, cancel := context.WithTimeout(context.Background(), detachDrain)
+		defer cancel()
+		start := time.Now()
+		rep, err := d.Detach(ctx)
+		if err != nil {
+			return fmt.Errorf("leave device %d: %w", d.ID(), err)
+		}
+		log.Info("device left for dst recover (quiesced: I/O waits for the next daemon)", zap.String("path", d.Path()),
+			zap.Int("requests_left", rep.Parked+rep.Abandoned), zap.Duration("took", time.Since(start)),
+			zap.String("recover", fmt.Sprintf("dst recover %d", d.ID())))
+		return nil
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -236,6 +300,16 @@ func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, k *recordKe
 	return errors.Join(errs...)
 }
 
+// detachDrain bounds how long --keep-device waits for the requests the
+// target holds.
+const detachDrain = 10 * time.Second
+
+func (k *recordKeeper) keepDevice() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.rec.KeepDevice
+}
+
 type listEntry struct {
 	ID      uint32 `json:"id"`
 	State   string `json:"state"`
@@ -248,6 +322,9 @@ type listEntry struct {
 	PID     int    `json:"pid"`
 	Running bool   `json:"running"`
 	Path    string `json:"path"`
+	// Recoverable: the kernel keeps the device when its daemon dies
+	// (dst recover).
+	Recoverable bool `json:"recoverable"`
 }
 
 func listCommand() *cli.Command {
@@ -273,7 +350,8 @@ func listCommand() *cli.Command {
 					continue
 				}
 				e := listEntry{ID: id, State: ublk.StateName(info.State), Queues: int(info.NrHWQueues),
-					Depth: int(info.QueueDepth), PID: int(info.ServerPID), Path: ublk.BlockPath(id), Target: "?"}
+					Depth: int(info.QueueDepth), PID: int(info.ServerPID), Path: ublk.BlockPath(id), Target: "?",
+					Recoverable: info.Flags&ublk.FlagUserRecovery != 0}
 				if size, err := ctrl.Size(id); err == nil {
 					e.Size = size
 				}
@@ -292,7 +370,7 @@ func listCommand() *cli.Command {
 				return enc.Encode(entries)
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tPATH\tSTATE\tQUEUES\tDEPTH\tSIZE\tPID\tTARGET")
+			fmt.Fprintln(w, "ID\tPATH\tSTATE\tRECOVERABLE\tQUEUES\tDEPTH\tSIZE\tPID\tTARGET")
 			for _, e := range entries {
 				pid := strconv.Itoa(e.PID)
 				if !e.Running {
@@ -302,7 +380,11 @@ func listCommand() *cli.Command {
 				if e.URL != "" {
 					target = e.URL + " [" + e.Conn + "]"
 				}
-				fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", e.ID, e.Path, e.State, e.Queues, e.Depth, formatSize(e.Size), pid, target)
+				rec := "no"
+				if e.Recoverable {
+					rec = "yes"
+				}
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", e.ID, e.Path, e.State, rec, e.Queues, e.Depth, formatSize(e.Size), pid, target)
 			}
 			return w.Flush()
 		},
