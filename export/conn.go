@@ -86,8 +86,12 @@ type conn struct {
 	iov      [][]byte // scratch: the flight's slices
 	xbatch   []xevent // scratch: events taken from x
 	pend     *op      // a WRITE whose payload is being received directly
-	pings    int      // ping replies not yet handed to the sender
-	blocked  bool     // parsing waits for buffers or for the sender
+	hdr      [wire.RequestHeaderSize]byte
+	hdrPend  bool // a request header is being received directly into hdr
+	haveHdr  bool // hdr holds the next request header
+	bigWrite bool // the last request was a WRITE larger than directMin
+	pings    int  // ping replies not yet handed to the sender
+	blocked  bool // parsing waits for buffers or for the sender
 
 	slots     []*op // ops with an SQE in flight, by slot (user data)
 	freeSlots []uint32

@@ -247,13 +247,27 @@ func (c *conn) step() {
 	if c.state < stClosing {
 		c.flushOut()
 	}
-	if c.state == stRunning && !c.blocked && c.pend == nil {
-		c.rcv.Arm(c.getSQE)
+	if c.state == stRunning && !c.blocked && c.pend == nil && !c.rcv.Busy() {
+		c.armRecv()
 	}
 	if c.quiet() && c.wakeArmed && !c.wakeStop {
 		c.wakeStop = true
 		c.cancel(udWake)
 	}
+}
+
+// armRecv starts the next receive: into the staging buffer; or, after a
+// large WRITE with nothing buffered, of the next request header alone, so
+// that a stream of large writes has its payloads received straight into
+// their buffers rather than copied out of the staging buffer.
+func (c *conn) armRecv() {
+	if c.bigWrite && !c.haveHdr && len(c.rcv.Buffered()) == 0 {
+		if done, err := c.rcv.ReadInto(c.hdr[:], c.getSQE); err == nil && !done {
+			c.hdrPend = true
+		}
+		return
+	}
+	c.rcv.Arm(c.getSQE)
 }
 
 // drainX handles the cross-thread events.
@@ -302,15 +316,22 @@ func (c *conn) replyLocked(o *op, st wire.Status) {
 func (c *conn) parse() {
 	c.blocked = false
 	for c.state == stRunning && c.pend == nil && !c.rcv.Busy() {
-		b := c.rcv.Buffered()
-		if len(b) < wire.RequestHeaderSize {
-			return
+		var hb []byte
+		b := c.rcv.Buffered() // then: what follows the header
+		if c.haveHdr {
+			hb = c.hdr[:]
+		} else {
+			if len(b) < wire.RequestHeaderSize {
+				return
+			}
+			hb, b = b[:wire.RequestHeaderSize], b[wire.RequestHeaderSize:]
 		}
-		req, err := wire.ParseRequest(b[:wire.RequestHeaderSize], c.maxTransfer)
+		req, err := wire.ParseRequest(hb, c.maxTransfer)
 		if err != nil {
 			c.endRead(endFraming, err)
 			return
 		}
+		c.bigWrite = req.Op == wire.OpWrite && req.Length > directMin
 		switch req.Op {
 		case wire.OpPing:
 			// Answered at once, ahead of I/O not yet completed (§4).
@@ -318,13 +339,13 @@ func (c *conn) parse() {
 				c.blocked = true
 				return
 			}
-			c.rcv.Consume(wire.RequestHeaderSize)
+			c.consumeHeader()
 			c.reqCount++
 			c.pings++
 			c.out = append(c.out, reply{hdr: wire.Reply{Op: wire.OpPing, ID: req.ID}, ping: true})
 			continue
 		case wire.OpDisconnect:
-			c.rcv.Consume(wire.RequestHeaderSize)
+			c.consumeHeader()
 			c.reqCount++
 			c.disconnectID = req.ID
 			c.endRead(endDisconnect, nil)
@@ -335,8 +356,7 @@ func (c *conn) parse() {
 			return
 		}
 		data := req.Op == wire.OpRead || req.Op == wire.OpWrite
-		if req.Op == wire.OpWrite && req.Length <= directMin &&
-			len(b) < wire.RequestHeaderSize+int(req.Length) {
+		if req.Op == wire.OpWrite && req.Length <= directMin && len(b) < int(req.Length) {
 			// A small payload not all here: receive more into the
 			// staging buffer rather than the rest alone (fewer receives
 			// when writes are pipelined).
@@ -357,7 +377,7 @@ func (c *conn) parse() {
 			c.budgetWait.Store(false)
 			c.bufBytes.Add(n)
 		}
-		c.rcv.Consume(wire.RequestHeaderSize)
+		c.consumeHeader()
 		c.reqCount++
 		c.inflight.Add(1)
 		o := getOp(c.srv)
@@ -384,6 +404,15 @@ func (c *conn) parse() {
 		}
 		c.dispatchOp(o)
 	}
+}
+
+// consumeHeader marks the header just parsed as used.
+func (c *conn) consumeHeader() {
+	if c.haveHdr {
+		c.haveHdr = false
+		return
+	}
+	c.rcv.Consume(wire.RequestHeaderSize)
 }
 
 // dispatchOp applies the session rules to o and executes it if they say so.
@@ -485,6 +514,11 @@ func (c *conn) dropPend() {
 
 func (c *conn) onRecv(res int32) {
 	direct, err := c.rcv.Complete(res, c.getSQE)
+	if !c.rcv.Busy() && c.hdrPend {
+		c.hdrPend = false
+		c.haveHdr = direct
+		direct = false
+	}
 	if c.state != stRunning {
 		// Reading has stopped: what came is dropped, and so is a WRITE
 		// whose payload was being received.
