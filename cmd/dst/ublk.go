@@ -277,16 +277,18 @@ func runDevice(d *ublk.Device, k *recordKeeper, sigs <-chan os.Signal) error {
 		if err != nil {
 			return fmt.Errorf("leave device %d: %w", d.ID(), err)
 		}
-		if rep.Abandoned == 0 {
-			// Every remote session said goodbye with nothing in flight
-			// (DISCONNECT): the exporter has forgotten them, and the next
-			// daemon starts new ones.
-			k.update(func(r *state.Record) {
-				if r.Remote != nil {
-					r.Remote.Sessions = nil
-				}
-			})
-		}
+		k.update(func(r *state.Record) {
+			if r.Remote == nil {
+				return
+			}
+			r.Conn = "detached"
+			if rep.Abandoned == 0 {
+				// Every session said goodbye with nothing in flight
+				// (DISCONNECT): the exporter has forgotten them, and the
+				// next daemon starts new ones.
+				r.Remote.Sessions = nil
+			}
+		})
 		log.Info("device left for dst recover (quiesced: I/O waits for the next daemon)", zap.String("path", d.Path()),
 			zap.Int("requests_left", rep.Parked+rep.Abandoned), zap.Duration("took", time.Since(start)),
 			zap.String("recover", fmt.Sprintf("dst recover %d", d.ID())))
