@@ -181,15 +181,17 @@ const (
 	endAborted                   // abort (see killWhy)
 )
 
-// serve runs a connection from accept to close, on a goroutine locked to
-// its OS thread (the ring is bound to it). The lock is never released:
-// the thread ends with the goroutine.
+// serve runs a connection from accept to close. Once the handshake has
+// read a valid HELLO from a peer on the access list, the goroutine locks
+// itself to its OS thread (the ring is bound to it) and never unlocks:
+// the thread ends with the goroutine. So an established connection costs
+// a thread, as with nbd-server, but a peer that never completes a
+// handshake does not (Go allows 10000 threads by default).
 func (c *conn) serve() {
 	s := c.srv
 	defer s.wg.Done()
 	defer s.unregister(c)
 	defer s.detach(c)
-	uring.LockThread()
 	if !c.handshake() {
 		c.abort("handshake ended")
 		c.closeRing()

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/internal/uring"
 	"github.com/dst-dev/dst/internal/wire"
 )
 
@@ -73,6 +74,7 @@ func (c *conn) handshake() bool {
 	c.maxTransfer = exp.maxTransfer
 	// The connection's ring, on this (locked) thread, before the session
 	// is touched: a connection that cannot have one is refused BUSY.
+	uring.LockThread()
 	if err := c.setupRing(); err != nil {
 		c.log.Error("cannot create the connection's io_uring ring", zap.Error(err))
 		return c.refuse(wire.RefuseBusy, "the exporter cannot start an I/O ring for this connection; retry later")
