@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"reflect"
 	"testing"
 )
 
@@ -156,7 +157,7 @@ func FuzzReadHello(f *testing.F) {
 			t.Fatalf("WriteHello(%+v): %v", h, err)
 		}
 		h2, err := ReadHello(&out)
-		if err != nil || *h2 != *h {
+		if err != nil || !reflect.DeepEqual(*h2, *h) {
 			t.Fatalf("round trip: %+v, %v; want %+v", h2, err, h)
 		}
 	})
@@ -192,7 +193,7 @@ func FuzzReadWelcome(f *testing.F) {
 			if want.Version == 0 {
 				want.Version = Version
 			}
-			if !errors.As(err2, &re2) || *re2 != want {
+			if !errors.As(err2, &re2) || !reflect.DeepEqual(*re2, want) {
 				t.Fatalf("refuse round trip: %v; want %+v", err2, want)
 			}
 		case err != nil:
@@ -207,7 +208,7 @@ func FuzzReadWelcome(f *testing.F) {
 				t.Fatalf("WriteWelcome(%+v): %v", w, err)
 			}
 			w2, err := ReadWelcome(&out)
-			if err != nil || *w2 != *w {
+			if err != nil || !reflect.DeepEqual(*w2, *w) {
 				t.Fatalf("round trip: %+v, %v; want %+v", w2, err, w)
 			}
 		}

@@ -122,6 +122,7 @@ const (
 	AttrHelloClientName  uint16 = 0x0005 // string
 	AttrHelloMaxInflight uint16 = 0x0006 // u32
 	AttrHelloTagSize     uint16 = 0x0007 // u8
+	AttrHelloCrypto      uint16 = 0x8008 // CRYPTO (PROTOCOL.md §8.2), critical; value checked by package crypto
 
 	// WELCOME (§2.2)
 	AttrWelcomeSession            uint16 = 0x0101 // 16 bytes, required
@@ -136,6 +137,7 @@ const (
 	AttrWelcomeDiscardGranularity uint16 = 0x010A // u32
 	AttrWelcomeTagSize            uint16 = 0x010B // u8
 	AttrWelcomeExporterName       uint16 = 0x010C // string
+	AttrWelcomeCrypto             uint16 = 0x810D // CRYPTO (PROTOCOL.md §8.2), critical; value checked by package crypto
 
 	// REFUSE (§2.3)
 	AttrRefuseCode   uint16 = 0x0201 // u16, required
@@ -475,6 +477,10 @@ type Hello struct {
 	// TagSize is the trailer size the client wants (0 in version 1; sent
 	// only when not 0).
 	TagSize uint8
+	// Crypto is the value of the CRYPTO attribute (PROTOCOL.md §8.2), sent
+	// only when not empty. Package crypto encodes and checks it; here it
+	// is only bounded by the attribute size.
+	Crypto []byte
 }
 
 // Validate checks the values of h against §2.1. Errors are
@@ -529,6 +535,9 @@ type Welcome struct {
 	TagSize uint8
 	// ExporterName is for the client's logs (sent only when not empty).
 	ExporterName string
+	// Crypto is the value of the CRYPTO attribute (PROTOCOL.md §8.2), sent
+	// only when not empty; package crypto encodes and checks it.
+	Crypto []byte
 }
 
 // Validate checks the values of w against §2.2 and §6. Errors are
@@ -651,6 +660,9 @@ func WriteHello(w io.Writer, h *Hello) error {
 	if h.TagSize != 0 {
 		m.b = appendU8(m.b, AttrHelloTagSize, h.TagSize)
 	}
+	if len(h.Crypto) > 0 {
+		m.b = appendAttr(m.b, AttrHelloCrypto, h.Crypto)
+	}
 	return m.send(w)
 }
 
@@ -687,6 +699,9 @@ func WriteWelcome(w io.Writer, m *Welcome) error {
 	}
 	if m.ExporterName != "" {
 		b = appendString(b, AttrWelcomeExporterName, m.ExporterName)
+	}
+	if len(m.Crypto) > 0 {
+		b = appendAttr(b, AttrWelcomeCrypto, m.Crypto)
 	}
 	msg.b = b
 	return msg.send(w)
@@ -802,7 +817,7 @@ func ReadHello(r io.Reader) (*Hello, error) {
 	if hdr.version == 0 {
 		return nil, malformed("HELLO with version 0")
 	}
-	if err := unknownCritical(MsgHello, body, func(t uint16) bool { return t == AttrHelloExportName }); err != nil {
+	if err := unknownCritical(MsgHello, body, func(t uint16) bool { return t == AttrHelloExportName || t == AttrHelloCrypto }); err != nil {
 		return nil, err
 	}
 	h := &Hello{Version: hdr.version}
@@ -837,6 +852,8 @@ func ReadHello(r io.Reader) (*Hello, error) {
 			}
 		case AttrHelloTagSize:
 			h.TagSize, err = getU8("TAG_SIZE", a)
+		case AttrHelloCrypto:
+			h.Crypto = a.Value
 		}
 		if err != nil && firstErr == nil {
 			firstErr = err
@@ -888,7 +905,7 @@ func ReadWelcome(r io.Reader) (*Welcome, error) {
 		return nil, &HandshakeError{Code: RefuseVersion,
 			Reason: fmt.Sprintf("exporter chose version %d, this client speaks up to %d", hdr.version, Version)}
 	}
-	if err := unknownCritical(MsgWelcome, body, func(uint16) bool { return false }); err != nil {
+	if err := unknownCritical(MsgWelcome, body, func(t uint16) bool { return t == AttrWelcomeCrypto }); err != nil {
 		return nil, err
 	}
 	w := &Welcome{Version: hdr.version}
@@ -934,6 +951,8 @@ func ReadWelcome(r io.Reader) (*Welcome, error) {
 			w.TagSize, err = getU8("TAG_SIZE", a)
 		case AttrWelcomeExporterName:
 			w.ExporterName, err = getString("EXPORTER_NAME", a)
+		case AttrWelcomeCrypto:
+			w.Crypto = a.Value
 		}
 		have.add(a.Type)
 		if err != nil && firstErr == nil {

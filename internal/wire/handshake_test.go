@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"math"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -63,7 +64,7 @@ func TestGoldenHello(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *got != *h {
+	if !reflect.DeepEqual(*got, *h) {
 		t.Fatalf("ReadHello = %+v, want %+v", got, h)
 	}
 }
@@ -111,7 +112,7 @@ func TestGoldenWelcome(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *got != *w {
+	if !reflect.DeepEqual(*got, *w) {
 		t.Fatalf("ReadWelcome = %+v, want %+v", got, w)
 	}
 }
@@ -172,7 +173,7 @@ func TestReadHello(t *testing.T) {
 			func(t *testing.T, h *Hello) {
 				want := Hello{Version: 1, Export: "vol-1.img_A", Features: KnownFeatures, Session: tok, HasSession: true,
 					WantReadOnly: true, ClientName: "host.example — ü", MaxInflight: 65536}
-				if *h != want {
+				if !reflect.DeepEqual(*h, want) {
 					t.Errorf("got %+v\nwant %+v", h, want)
 				}
 			}},
@@ -261,7 +262,7 @@ func TestReadHello(t *testing.T) {
 					t.Fatalf("WriteHello: %v", err)
 				}
 				h2, err := ReadHello(&buf)
-				if err != nil || *h2 != *h {
+				if err != nil || !reflect.DeepEqual(*h2, *h) {
 					t.Fatalf("round trip: %+v, %v; want %+v", h2, err, h)
 				}
 				return
@@ -439,7 +440,7 @@ func TestReadWelcome(t *testing.T) {
 		{"minimal", welcomeMsg(1, nil), 0, "", func(t *testing.T, w *Welcome) {
 			want := Welcome{Version: 1, Session: tok, Size: 1 << 30, LogicalBlock: 4096, PhysicalBlock: 4096,
 				MaxTransfer: 1 << 20, Features: FeatFlush | FeatDiscard, MaxInflight: 128, DiscardGranularity: 4096}
-			if *w != want {
+			if !reflect.DeepEqual(*w, want) {
 				t.Errorf("got %+v\nwant %+v", w, want)
 			}
 		}},
@@ -514,7 +515,7 @@ func TestReadWelcome(t *testing.T) {
 					t.Fatalf("WriteWelcome: %v", err)
 				}
 				w2, err := ReadWelcome(&buf)
-				if err != nil || *w2 != *w {
+				if err != nil || !reflect.DeepEqual(*w2, *w) {
 					t.Fatalf("round trip: %+v, %v; want %+v", w2, err, w)
 				}
 				return
@@ -802,5 +803,47 @@ func TestToken(t *testing.T) {
 	}
 	if s := a.String(); len(s) != 8+len("…") || strings.Contains(s, "%") {
 		t.Fatalf("String = %q", s)
+	}
+}
+
+// The CRYPTO attributes of PROTOCOL.md §8.2 are known critical attributes:
+// carried through as opaque values, absent when empty.
+func TestCryptoAttrRoundTrip(t *testing.T) {
+	offer := []byte{2, 1, 9, 9, 9}
+	var b bytes.Buffer
+	if err := WriteHello(&b, &Hello{Export: "d", Features: FeatFlush, TagSize: 16, Crypto: offer}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b.Bytes(), []byte{0x08, 0x80, 5, 0, 2, 1, 9, 9, 9}) {
+		t.Fatalf("HELLO has no CRYPTO attribute 0x8008: % x", b.Bytes())
+	}
+	h, err := ReadHello(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(h.Crypto, offer) || h.TagSize != 16 {
+		t.Fatalf("HELLO Crypto %x TagSize %d, want %x 16", h.Crypto, h.TagSize, offer)
+	}
+	w := &Welcome{Session: NewToken(), Size: 1 << 20, LogicalBlock: 512, MaxTransfer: 1 << 16, MaxInflight: 8, TagSize: 4, Crypto: []byte{1, 1}}
+	b.Reset()
+	if err := WriteWelcome(&b, w); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b.Bytes(), []byte{0x0d, 0x81, 2, 0, 1, 1}) {
+		t.Fatalf("WELCOME has no CRYPTO attribute 0x810D: % x", b.Bytes())
+	}
+	got, err := ReadWelcome(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Crypto, []byte{1, 1}) || got.TagSize != 4 {
+		t.Fatalf("WELCOME Crypto %x TagSize %d", got.Crypto, got.TagSize)
+	}
+	b.Reset()
+	if err := WriteHello(&b, &Hello{Export: "d", Features: FeatFlush}); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b.Bytes(), []byte{0x08, 0x80}) {
+		t.Fatal("HELLO without crypto carries a CRYPTO attribute")
 	}
 }

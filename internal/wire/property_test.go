@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 	"testing/quick"
 	"time"
@@ -153,7 +154,7 @@ func TestPropertyRoundTrip(t *testing.T) {
 			t.Fatalf("WriteHello(%+v): %v", h, err)
 		}
 		got, err := ReadHello(&buf)
-		if err != nil || *got != h {
+		if err != nil || !reflect.DeepEqual(*got, h) {
 			t.Fatalf("hello %+v: got %+v, %v", h, got, err)
 		}
 
@@ -163,7 +164,7 @@ func TestPropertyRoundTrip(t *testing.T) {
 			t.Fatalf("WriteWelcome(%+v): %v", w, err)
 		}
 		gotw, err := ReadWelcome(&buf)
-		if err != nil || *gotw != w {
+		if err != nil || !reflect.DeepEqual(*gotw, w) {
 			t.Fatalf("welcome %+v: got %+v, %v", w, gotw, err)
 		}
 	}
