@@ -31,6 +31,13 @@
 //     buggy peer or middlebox (or, without a Framer, an arbitrary loss), not
 //     a network fault; use it to test that the protocol detects the
 //     desynchronisation.
+//   - Reorder (write side, frames only): with probability ReorderProb a
+//     frame is held back and sent right after the next frame, so the peer
+//     sees the two swapped; if no frame follows within ReorderHold it goes
+//     alone (a held frame is never lost or delayed forever). CanReorder
+//     restricts it to the frames where the protocol allows it (in DST,
+//     requests and replies, not handshake messages). A Conn reorders only
+//     what it writes; Proxy applies Read reorder on its client-side conn.
 //   - Partition: see Partition. During it nothing crosses either way; a
 //     partition shorter than the conn's deadlines is a stall, one longer is
 //     seen as a timeout, which is how TCP behaves when the network
@@ -72,6 +79,10 @@ var ErrCut = errors.New("connection cut by fault injection")
 
 // ErrFraming is the cause of the errors returned when a Framer fails.
 var ErrFraming = errors.New("fault: framing error")
+
+// DefaultReorderHold is how long a frame held back for reordering waits
+// for the next frame before it is sent alone.
+const DefaultReorderHold = 5 * time.Millisecond
 
 // MaxFrameLen is the largest frame a Framer may report.
 const MaxFrameLen = 1 << 30
@@ -115,6 +126,20 @@ type Rules struct {
 	// Framer, if set, makes the units of Delay, Drop and CorruptProb whole
 	// frames instead of Write calls (or underlying reads).
 	Framer Framer
+	// NewFramer, used when Framer is nil, makes a Framer for each conn
+	// (Wrap calls it once per direction): for stateful framers, such as
+	// wire.NewStreamFramer, in configs shared by many conns (Listener,
+	// Proxy).
+	NewFramer func() Framer
+
+	// ReorderProb is the probability that a frame is held back and sent
+	// after the next one (write side only; needs a Framer). ReorderHold
+	// bounds the wait for that next frame (default DefaultReorderHold).
+	// CanReorder, if set, says which frames may be held or overtaken
+	// (false: the frame passes in order, flushing a held one first).
+	ReorderProb float64
+	ReorderHold time.Duration
+	CanReorder  func(frame []byte) bool
 
 	// Delay holds each unit back Delay plus a uniform random [0, Jitter).
 	Delay, Jitter time.Duration
@@ -186,6 +211,8 @@ type DirStats struct {
 	Corrupted int   // bits flipped
 	Delayed   int   // units delayed
 	Stalls    int   // stalls done
+	Reordered int   // frames sent after the frame that followed them
+	Unheld    int   // frames held for reordering that went alone (nothing followed in time)
 }
 
 // Stats counts what a Conn did.
@@ -211,6 +238,10 @@ type dir struct {
 	pending    []byte    // read side: processed bytes to deliver
 	err        error     // read side: sticky error from below
 	scratch    []byte
+	held       []byte      // write side: a frame held back for reordering
+	heldIdx    int         // its unit index (for the log)
+	heldGen    uint64      // bumped whenever held changes, so a stale timer does nothing
+	heldTimer  *time.Timer // sends held alone after ReorderHold
 }
 
 // Conn is a net.Conn that injects faults into another one.
@@ -225,6 +256,7 @@ type Conn struct {
 	cutCh  chan struct{} // closed on cut
 	cut    atomic.Bool
 	timers []*time.Timer
+	bg     sync.WaitGroup // reorder timers' callbacks; Close waits for them
 
 	pmu        sync.Mutex // partition state
 	partStart  time.Time
@@ -240,9 +272,23 @@ type Conn struct {
 // every random choice; Wrap takes two values from it to seed one generator
 // per direction, and does not use it afterwards. A nil rng means a fixed
 // seed (0, 0).
+//
+// Reorder is a write-side fault: Wrap panics if cfg.Read asks for it (a
+// programming error; Proxy handles Read reorder itself).
 func Wrap(c net.Conn, cfg Config, rng *rand.Rand) *Conn {
 	if rng == nil {
 		rng = rand.New(rand.NewPCG(0, 0))
+	}
+	if cfg.Read.ReorderProb > 0 {
+		panic("fault: Read.ReorderProb on a Conn: reorder applies to writes (Proxy applies Read reorder on its client side)")
+	}
+	for _, r := range []*Rules{&cfg.Read, &cfg.Write} {
+		if r.Framer == nil && r.NewFramer != nil {
+			r.Framer = r.NewFramer()
+		}
+		if r.ReorderHold <= 0 {
+			r.ReorderHold = DefaultReorderHold
+		}
 	}
 	fc := &Conn{
 		c:     c,
@@ -696,10 +742,77 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if frame == nil {
 			return len(p), nil
 		}
-		if err := c.sendUnit(d, frame, true); err != nil {
+		if err := c.sendFrame(d, frame); err != nil {
 			return 0, err
 		}
 	}
+}
+
+// sendFrame sends a whole frame with the unit faults, and the reorder
+// fault: a frame may be held back, and a held frame goes right after the
+// next one. d.mu is held.
+func (c *Conn) sendFrame(d *dir, frame []byte) error {
+	r := &d.rules
+	movable := r.CanReorder == nil || r.CanReorder(frame)
+	if d.held != nil && !movable {
+		if err := c.flushHeld(d, "a frame that must stay in order follows"); err != nil {
+			return err
+		}
+	}
+	var idx int
+	c.stat(func(s *Stats) { idx = d.stats(s).Units })
+	u, delay := c.process(d, frame, true)
+	if u == nil {
+		return nil
+	}
+	if d.held == nil && movable && r.ReorderProb > 0 && d.rng.Float64() < r.ReorderProb {
+		d.held, d.heldIdx = u, idx
+		d.heldGen++
+		gen := d.heldGen
+		c.bg.Add(1)
+		d.heldTimer = time.AfterFunc(r.ReorderHold, func() {
+			defer c.bg.Done()
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if d.heldGen == gen && d.held != nil && c.check("write") == nil {
+				c.flushHeld(d, fmt.Sprintf("no frame followed within %v", r.ReorderHold))
+			}
+		})
+		return nil
+	}
+	if err := c.sleepUntil("write", time.Now().Add(delay), d.dl); err != nil {
+		return err
+	}
+	if err := c.forward(d, u); err != nil {
+		return err
+	}
+	if d.held == nil {
+		return nil
+	}
+	held, hidx := d.held, d.heldIdx
+	c.dropHeld(d)
+	c.stat(func(s *Stats) { d.stats(s).Reordered++ })
+	c.logf("%s: reorder: frame #%d (%d bytes) sent after frame #%d", d.name, hidx, len(held), idx)
+	return c.forward(d, held)
+}
+
+// dropHeld forgets the held frame and stops its timer. d.mu is held.
+func (c *Conn) dropHeld(d *dir) {
+	d.held = nil
+	d.heldGen++
+	if d.heldTimer != nil && d.heldTimer.Stop() {
+		c.bg.Done() // the callback will not run
+	}
+	d.heldTimer = nil
+}
+
+// flushHeld sends the held frame alone. d.mu is held.
+func (c *Conn) flushHeld(d *dir, why string) error {
+	held, hidx := d.held, d.heldIdx
+	c.dropHeld(d)
+	c.stat(func(s *Stats) { d.stats(s).Unheld++ })
+	c.logf("%s: reorder: frame #%d (%d bytes) sent alone: %s", d.name, hidx, len(held), why)
+	return c.forward(d, held)
 }
 
 func (c *Conn) sendUnit(d *dir, u []byte, frame bool) error {
@@ -746,6 +859,11 @@ func (c *Conn) CloseWrite() error {
 	if err := c.check("close"); err != nil {
 		return err
 	}
+	if d.held != nil {
+		if err := c.flushHeld(d, "CloseWrite"); err != nil {
+			return err
+		}
+	}
 	if len(d.buf) > 0 {
 		c.logf("%s: partial frame of %d bytes at close, passed on as is", d.name, len(d.buf))
 		buf := d.buf
@@ -761,11 +879,19 @@ func (c *Conn) CloseWrite() error {
 	return c.fix("close", cw.CloseWrite())
 }
 
-// Close closes the underlying conn and stops the fault timers.
+// Close closes the underlying conn and stops the fault timers. A frame
+// held back for reordering is sent first, as a kernel sends what it
+// buffered, unless a Write is in progress.
 func (c *Conn) Close() error {
 	first := false
 	c.once.Do(func() {
 		first = true
+		if d := &c.w; d.mu.TryLock() {
+			if d.held != nil && c.check("close") == nil {
+				c.flushHeld(d, "Close")
+			}
+			d.mu.Unlock()
+		}
 		close(c.done)
 		for _, t := range c.timers {
 			t.Stop()
@@ -776,7 +902,11 @@ func (c *Conn) Close() error {
 	if !first {
 		return c.opErr("close", net.ErrClosed)
 	}
-	if err := c.c.Close(); err != nil && !c.cut.Load() {
+	err := c.c.Close()
+	// A reorder timer's callback may be sending a held frame; the conn is
+	// closed, so it returns at once.
+	c.bg.Wait()
+	if err != nil && !c.cut.Load() {
 		return err
 	}
 	return nil

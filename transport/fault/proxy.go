@@ -91,7 +91,10 @@ func Dial(ctx context.Context, rawURL string, o transport.Options, cfg Config, r
 // Proxy accepts conns on one URL and forwards each to another URL, through
 // a Conn with a fault Config on the target side: Fault.Write applies to the
 // bytes going from the client to the target, Fault.Read to those coming
-// back. It backs the "dst proxy" debugging command.
+// back. Fault.Read's reorder is done on a second Conn that wraps the
+// client's side (reorder is a write-side fault), which logs as "NAME#N
+// replies". Stateful framers must be given as NewFramer, one per conn. It
+// backs the "dst proxy" debugging command.
 //
 // Set the exported fields, then call Start; do not change them afterwards.
 // Close stops it and waits for all its goroutines.
@@ -208,16 +211,36 @@ func (p *Proxy) serve(client net.Conn, rng *rand.Rand, n int) {
 	if base == "" {
 		base = "proxy"
 	}
-	fc := Wrap(up, named(p.Fault, base, n), rng)
+	cfg := named(p.Fault, base, n)
+	replies := cfg.Read
+	cfg.Read.ReorderProb = 0
+	fc := Wrap(up, cfg, rng)
 	if !p.track(fc) {
 		fc.Close()
 		return
 	}
 	defer p.untrack(fc)
+	down := client
+	if replies.ReorderProb > 0 {
+		// Reorder is a write-side fault: replies are reordered as they are
+		// written to the client, by a second Conn with their framing.
+		cc := Wrap(client, Config{
+			Name: cfg.Name + " replies",
+			Write: Rules{Framer: replies.Framer, NewFramer: replies.NewFramer, ReorderProb: replies.ReorderProb,
+				ReorderHold: replies.ReorderHold, CanReorder: replies.CanReorder},
+			Log: cfg.Log,
+		}, rng)
+		if !p.track(cc) {
+			cc.Close()
+			return
+		}
+		defer p.untrack(cc)
+		down = cc
+	}
 	var wg sync.WaitGroup
 	wg.Add(2)
-	go func() { defer wg.Done(); pump(fc, client) }()
-	go func() { defer wg.Done(); pump(client, fc) }()
+	go func() { defer wg.Done(); pump(fc, down) }()
+	go func() { defer wg.Done(); pump(down, fc) }()
 	wg.Wait()
 }
 
