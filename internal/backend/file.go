@@ -63,6 +63,9 @@ type Options struct {
 	// Buffered opts out of O_DIRECT and goes through the page cache (for
 	// filesystems without O_DIRECT, or to test). The default is O_DIRECT.
 	Buffered bool
+	// Faults, if set, injects storage faults (see Faults; tests and
+	// debugging). Every request then takes the synchronous path.
+	Faults *Faults
 }
 
 // Caps is what a File can really do, as probed at Open. The ublk target and
@@ -109,6 +112,9 @@ type File struct {
 	// discardCmd: IORING_OP_URING_CMD BLOCK_URING_CMD_DISCARD is available
 	// for this block device (probed at Open, Linux 6.12+).
 	discardCmd bool
+
+	// faults: storage fault injection (Options.Faults), nil normally.
+	faults *Faults
 
 	closed atomic.Bool
 }
@@ -172,6 +178,13 @@ func Open(path string, o Options) (*File, error) {
 	if err := f.init(); err != nil {
 		unix.Close(fd)
 		return nil, err
+	}
+	if o.Faults != nil {
+		if err := o.Faults.bind(f); err != nil {
+			unix.Close(fd)
+			return nil, err
+		}
+		f.faults = o.Faults
 	}
 	return f, nil
 }
@@ -477,8 +490,15 @@ func (f *File) Close() error {
 	if f.closed.Swap(true) {
 		return nil
 	}
+	if f.faults != nil {
+		f.faults.release()
+	}
 	if err := unix.Close(f.fd); err != nil {
 		return fmt.Errorf("backend: close %s: %w", f.path, err)
 	}
 	return nil
 }
+
+// Faulty reports whether f injects storage faults (Options.Faults): every
+// request must then go through Prep/Result or Sync, never around them.
+func (f *File) Faulty() bool { return f.faults != nil }

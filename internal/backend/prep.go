@@ -88,6 +88,9 @@ func (f *File) Check(op Op, flags Flags, off uint64, length uint32) error {
 // device discards on kernels without BLOCK_URING_CMD_DISCARD. A caller may
 // test it before taking an SQE and call Sync directly; it does not have to.
 func (f *File) NeedsSync(op Op, flags Flags) bool {
+	if f.faults != nil {
+		return true
+	}
 	switch op {
 	case OpDiscard:
 		return flags&FlagFUA != 0 || (f.blockDev && !f.discardCmd)
@@ -107,6 +110,10 @@ func (f *File) NeedsSync(op Op, flags Flags) bool {
 //
 // Prep never allocates, locks or makes a syscall.
 func (f *File) Prep(sqe *uring.SQE, op Op, flags Flags, off uint64, buf []byte, length uint32) {
+	if f.faults != nil {
+		sqe.PrepNop() // Result says StepSync; Sync applies the faults
+		return
+	}
 	switch op {
 	case OpRead:
 		sqe.PrepRead(f.fd, buf[:length], off)
@@ -170,7 +177,7 @@ func (f *File) Result(op Op, flags Flags, off uint64, length uint32, res int32) 
 	if op >= numOps {
 		return StepDone, refuse(syscall.EINVAL, "unknown operation %d", uint8(op))
 	}
-	if f.NeedsSync(op, flags) {
+	if f.NeedsSync(op, flags) { // also every request of a File with faults
 		return StepSync, nil
 	}
 	if res >= 0 {
@@ -197,9 +204,17 @@ func (f *File) Result(op Op, flags Flags, off uint64, length uint32, res int32) 
 // ring. It checks the request first and returns nil or an error wrapping an
 // errno, like Result.
 func (f *File) Sync(op Op, flags Flags, off uint64, buf []byte, length uint32) error {
+	if f.faults != nil {
+		return f.faults.sync(f, op, flags, off, buf, length)
+	}
 	if err := f.Check(op, flags, off, length); err != nil {
 		return err
 	}
+	return f.sync(op, flags, off, buf, length)
+}
+
+// sync is Sync after Check.
+func (f *File) sync(op Op, flags Flags, off uint64, buf []byte, length uint32) error {
 	if (op == OpRead || op == OpWrite) && len(buf) < int(length) {
 		return refuse(syscall.EINVAL, "%s of %d bytes with a %d-byte buffer", op, length, len(buf))
 	}
