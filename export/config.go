@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/internal/backend"
 	"github.com/dst-dev/dst/internal/wire"
 )
 
@@ -80,6 +81,9 @@ type ExportConfig struct {
 	// Buffered goes through the page cache instead of O_DIRECT (for
 	// filesystems without O_DIRECT).
 	Buffered bool
+	// Faults injects storage faults (tests, dst export's hidden --fault-*
+	// flags): see backend.Faults. Every op then goes to the sync helpers.
+	Faults *backend.Faults
 }
 
 // withDefaults returns cfg with defaults filled in, or an error naming what

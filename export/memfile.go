@@ -34,7 +34,7 @@ import (
 // kernel add it, the ring path completes inline and stays the better
 // choice.
 func inlineCopies(f *backend.File) bool {
-	if f.IsBlockDevice() {
+	if f.IsBlockDevice() || f.Faulty() { // faults live on the sync path
 		return false
 	}
 	var fs unix.Statfs_t

@@ -95,7 +95,7 @@ func New(cfg Config) (*Server, error) {
 }
 
 func (s *Server) openExport(ec ExportConfig) (*export, error) {
-	f, err := backend.Open(ec.Path, backend.Options{ReadOnly: ec.ReadOnly, Buffered: ec.Buffered})
+	f, err := backend.Open(ec.Path, backend.Options{ReadOnly: ec.ReadOnly, Buffered: ec.Buffered, Faults: ec.Faults})
 	if err != nil {
 		return nil, fmt.Errorf("export %q: %w", ec.Name, err)
 	}

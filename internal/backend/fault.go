@@ -84,6 +84,7 @@ type Faults struct {
 	file     *File
 	rfd      *os.File          // buffered reads of old contents (CrashModel)
 	volatile map[uint64][]byte // block index → its content when it was last durable
+	crashed  bool              // Crash happened: every request fails with EIO
 	stats    FaultStats
 }
 
@@ -173,6 +174,10 @@ func (fl *Faults) sync(f *File, op Op, flags Flags, off uint64, buf []byte, leng
 	}
 	fl.mu.Lock()
 	defer fl.mu.Unlock()
+	if fl.crashed {
+		fl.stats.EIO++
+		return f.opError(op, off, length, syscall.EIO)
+	}
 	switch op {
 	case OpWrite, OpDiscard, OpWriteZeroes:
 		if err := fl.saveOld(f, off, length); err != nil {
@@ -222,9 +227,11 @@ func (fl *Faults) saveOld(f *File, off uint64, length uint32) error {
 	return nil
 }
 
-// Crash applies the crash model to the file, which must have no request in
-// flight (typically: the server using it has stopped, or been abandoned
-// after its last request completed). Every block written since it was last
+// Crash applies the crash model to the file: the storage dies. It must be
+// called with no request in flight (after the last one completed, or once
+// the File is closed); from then on every request of the File fails with
+// EIO without touching the file (a dead disk: a server's final sync on
+// shutdown gets EIO too). Every block written since it was last
 // made durable (by a successful flush, or a FUA write covering it) gets,
 // at random from Seed, either its content from that time ("old") or what
 // it holds now ("new"); blocks acknowledged as durable are left alone. The
@@ -264,6 +271,7 @@ func (fl *Faults) Crash() (CrashResult, error) {
 		return res, fmt.Errorf("backend: crash %s: sync: %w", f.path, err)
 	}
 	clear(fl.volatile)
+	fl.crashed = true
 	fl.stats.Reverted, fl.stats.Kept = res.Reverted, res.Kept
 	fl.logf("storage fault: crash of %s: %d blocks not durable: %d reverted, %d kept", f.path, len(blocks), res.Reverted, res.Kept)
 	return res, nil
