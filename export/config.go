@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/crypto"
 	"github.com/dst-dev/dst/internal/backend"
 	"github.com/dst-dev/dst/internal/wire"
 )
@@ -57,6 +58,15 @@ type Config struct {
 	Name string
 	// Log receives the server's log lines (default: none).
 	Log *zap.Logger
+	// Crypto protects every connection's frames (PROTOCOL.md §8), for all
+	// exports of the server alike: Suite None (the default) accepts only
+	// clients without crypto; a checksum suite or an AEAD suite (with Key)
+	// accepts only clients configured with the same suite and key: any
+	// other client is refused at the handshake. Crypto.Rand is for tests.
+	Crypto crypto.Config
+
+	// counters shared by the server's connections (set by withDefaults)
+	counters *counters
 
 	// maxSessions overrides maxSessionsHeld (tests).
 	maxSessions int
@@ -155,5 +165,9 @@ func (cfg Config) withDefaults() (Config, *aclTable, error) {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
+	if _, err := crypto.NewServer(cfg.Crypto); err != nil {
+		return cfg, nil, err
+	}
+	cfg.counters = new(counters)
 	return cfg, acl, nil
 }

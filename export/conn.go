@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/crypto"
 	"github.com/dst-dev/dst/internal/ringio"
 	"github.com/dst-dev/dst/internal/uring"
 	"github.com/dst-dev/dst/internal/wire"
@@ -50,6 +51,10 @@ type conn struct {
 	readOnly    bool
 	maxInflight int64
 	maxTransfer uint32
+	// welcomeToken: with a keyed suite, the token the WELCOME announced
+	// before the session is attached (after FINISHED); a new session
+	// takes it (newSessionToken).
+	welcomeToken wire.Token
 
 	inflight   atomic.Int64 // transactions admitted here and not yet answered
 	bufBytes   atomic.Int64 // buffer bytes charged to this connection
@@ -112,6 +117,13 @@ type conn struct {
 	sendGen, lastSend   uint64
 	sendStuck           time.Time
 	disconnectID        uint64
+
+	// Frame protection (crypto.go), from the handshake on.
+	cs      *crypto.Session
+	tag     int                          // trailer size, 0 without crypto
+	rframe  crypto.Frame                 // the request frame being opened
+	pframe  crypto.Frame                 // the WRITE frame whose payload is being received
+	pendHdr [wire.RequestHeaderSize]byte // and its header
 }
 
 func newConn(s *Server, nc net.Conn, p peer) *conn {

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/crypto"
 	"github.com/dst-dev/dst/internal/uring"
 	"github.com/dst-dev/dst/internal/wire"
 )
@@ -19,8 +20,22 @@ import (
 // connection's deadline (HandshakeTimeout from accept) bounds it. It
 // reads the HELLO without buffering, so that bytes a client sends after it
 // are left in the socket for the loop.
+//
+// With crypto (PROTOCOL.md §8.2, §8.3) the HELLO and WELCOME are recorded
+// as they go over the wire; the client's CRYPTO is checked after the
+// access list and the export name; with a keyed suite the WELCOME is
+// followed by the FINISHED exchange, and only once the client's FINISHED
+// verifies is the session attached (a resume fences the previous
+// connection only then): the WELCOME announces the token the session
+// will have (peekSession).
 func (c *conn) handshake() bool {
 	s := c.srv
+	hs, err := crypto.NewServer(s.cfg.Crypto)
+	if err != nil { // checked by New
+		c.log.Error("handshake: crypto", zap.Error(err))
+		return false
+	}
+	var rec bytes.Buffer
 	var hb [wire.HandshakeHeaderSize]byte
 	if n, err := io.ReadFull(c.nc, hb[:]); err != nil {
 		if n == 0 && err == io.EOF {
@@ -36,7 +51,7 @@ func (c *conn) handshake() bool {
 		binary.LittleEndian.Uint16(hb[4:6]) == 0 {
 		return c.refuse(wire.RefuseVersion, fmt.Sprintf("the HELLO asks for protocol version 0; this exporter speaks version %d", wire.Version))
 	}
-	hello, err := wire.ReadHello(io.MultiReader(bytes.NewReader(hb[:]), c.nc))
+	hello, err := wire.ReadHello(io.TeeReader(io.MultiReader(bytes.NewReader(hb[:]), c.nc), &rec))
 	if err != nil {
 		var he *wire.HandshakeError
 		if errors.As(err, &he) {
@@ -65,6 +80,9 @@ func (c *conn) handshake() bool {
 		return c.refuse(wire.RefuseNoSuchExport, fmt.Sprintf("no export named %q here", hello.Export))
 	}
 	c.exp = exp
+	if err := hs.Hello(rec.Bytes()); err != nil {
+		return c.refuseCrypto(err)
+	}
 	c.readOnly = exp.cfg.ReadOnly || access == ReadOnly || hello.WantReadOnly
 	c.features = hello.Features & exp.features
 	c.maxInflight = int64(s.cfg.MaxInflight)
@@ -79,13 +97,27 @@ func (c *conn) handshake() bool {
 		c.log.Error("cannot create the connection's io_uring ring", zap.Error(err))
 		return c.refuse(wire.RefuseBusy, "the exporter cannot start an I/O ring for this connection; retry later")
 	}
-	sess, resumed, err := s.attachSession(c, hello)
-	if err != nil {
-		return c.refuse(wire.RefuseBusy, "the exporter is shutting down; retry later")
+	keyed := hs.Suite().Keyed()
+	var (
+		sess    *session
+		token   wire.Token
+		resumed bool
+	)
+	if keyed {
+		token, resumed = s.peekSession(c, hello)
+		if !resumed {
+			c.welcomeToken = token // the session attachSession will start
+		}
+	} else {
+		sess, resumed, err = s.attachSession(c, hello)
+		if err != nil {
+			return c.refuse(wire.RefuseBusy, "the exporter is shutting down; retry later")
+		}
+		token = sess.token
 	}
 	w := &wire.Welcome{
 		Version:       version,
-		Session:       sess.token,
+		Session:       token,
 		Resumed:       resumed,
 		Size:          exp.file.Size(),
 		LogicalBlock:  exp.file.LogicalBlockSize(),
@@ -95,13 +127,42 @@ func (c *conn) handshake() bool {
 		Features:      c.features,
 		MaxInflight:   uint32(c.maxInflight),
 		ExporterName:  s.cfg.Name,
+		Crypto:        hs.WelcomeAttr(),
+		TagSize:       hs.TagSize(),
 	}
 	if c.features&wire.FeatDiscard != 0 {
 		w.DiscardGranularity = exp.discardGranularity
 	}
-	if err := wire.WriteWelcome(c.nc, w); err != nil {
+	rec.Reset()
+	if err := wire.WriteWelcome(io.MultiWriter(c.nc, &rec), w); err != nil {
 		c.log.Info("handshake: writing WELCOME", zap.Error(err))
 		return false
+	}
+	if err := hs.Welcome(rec.Bytes()); err != nil {
+		c.log.Error("handshake: crypto", zap.Error(err))
+		return false
+	}
+	cs, err := hs.Finish(c.nc)
+	if err != nil {
+		s.cfg.counters.refused.Add(1)
+		c.log.Warn("handshake failed", zap.Stringer("suite", hs.Suite()), zap.Error(err))
+		return false
+	}
+	c.setSession(cs)
+	if keyed {
+		// The client has proved it holds the key: now act on its SESSION.
+		var again bool
+		sess, again, err = s.attachSession(c, hello)
+		if err != nil {
+			return false
+		}
+		if sess.token != token || again != resumed {
+			// The session was forgotten (or appeared) during the
+			// handshake: the WELCOME is no longer true. Close; the
+			// client reconnects.
+			c.log.Info("the session changed during the handshake: closing", zap.Stringer("session", token))
+			return false
+		}
 	}
 	_ = c.nc.SetWriteDeadline(time.Time{})
 	c.dlMu.Lock()
@@ -115,6 +176,29 @@ func (c *conn) handshake() bool {
 		zap.String("client", hello.ClientName), zap.String("rule", rule), zap.Bool("read_only", c.readOnly),
 		zap.Stringer("features", c.features), zap.Int64("max_inflight", c.maxInflight))
 	return true
+}
+
+// peekSession returns what attachSession would do for h: the token of the
+// session to resume and true, or a fresh token and false. It changes
+// nothing.
+func (s *Server) peekSession(c *conn, h *wire.Hello) (wire.Token, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if h.HasSession && c.features&wire.FeatResume != 0 {
+		if sess := s.sessions[h.Session]; sess != nil && sess.exp == c.exp {
+			return h.Session, true
+		}
+	}
+	return wire.NewToken(), false
+}
+
+// newSessionToken is the token of a session started for c: the one its
+// WELCOME announced (keyed handshake), or a fresh one.
+func (c *conn) newSessionToken() wire.Token {
+	if !c.welcomeToken.IsZero() {
+		return c.welcomeToken
+	}
+	return wire.NewToken()
 }
 
 // refuse sends a REFUSE and logs it; it always returns false.

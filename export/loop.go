@@ -332,6 +332,9 @@ func (c *conn) parse() {
 			return
 		}
 		c.bigWrite = req.Op == wire.OpWrite && req.Length > directMin
+		if c.tag > 0 && req.Op != wire.OpWrite && len(b) < c.tag {
+			return // the trailer is not all here
+		}
 		switch req.Op {
 		case wire.OpPing:
 			// Answered at once, ahead of I/O not yet completed (§4).
@@ -339,13 +342,17 @@ func (c *conn) parse() {
 				c.blocked = true
 				return
 			}
-			c.consumeHeader()
+			if !c.takeBare(hb, b) {
+				continue
+			}
 			c.reqCount++
 			c.pings++
 			c.out = append(c.out, reply{hdr: wire.Reply{Op: wire.OpPing, ID: req.ID}, ping: true})
 			continue
 		case wire.OpDisconnect:
-			c.consumeHeader()
+			if !c.takeBare(hb, b) {
+				continue
+			}
 			c.reqCount++
 			c.disconnectID = req.ID
 			c.endRead(endDisconnect, nil)
@@ -356,14 +363,14 @@ func (c *conn) parse() {
 			return
 		}
 		data := req.Op == wire.OpRead || req.Op == wire.OpWrite
-		if req.Op == wire.OpWrite && req.Length <= directMin && len(b) < int(req.Length) {
+		if req.Op == wire.OpWrite && req.Length <= directMin && len(b) < c.dataBufSize(req.Length) {
 			// A small payload not all here: receive more into the
 			// staging buffer rather than the rest alone (fewer receives
 			// when writes are pipelined).
 			return
 		}
 		if data {
-			n := int64(1) << (class(int(req.Length)) + minBufShift)
+			n := int64(1) << (class(c.dataBufSize(req.Length)) + minBufShift)
 			if !c.fits(n) {
 				// Backpressure: wait for buffers to come back. Announce
 				// the wait before looking again, so that a release on
@@ -377,7 +384,28 @@ func (c *conn) parse() {
 			c.budgetWait.Store(false)
 			c.bufBytes.Add(n)
 		}
-		c.consumeHeader()
+		if req.Op != wire.OpWrite && !c.takeBare(hb, b) {
+			if data {
+				c.bufBytes.Add(-int64(1) << (class(c.dataBufSize(req.Length)) + minBufShift))
+			}
+			continue
+		}
+		if req.Op == wire.OpWrite {
+			if c.tag > 0 {
+				// The frame's place in the stream is taken now, in
+				// header order; it is opened once payload and trailer
+				// are in (openWrite).
+				copy(c.pendHdr[:], hb)
+				var err error
+				if c.pframe, err = c.cs.Recv.Next(int(req.Length)); err != nil {
+					c.bufBytes.Add(-int64(1) << (class(c.dataBufSize(req.Length)) + minBufShift))
+					c.rframe = c.pframe
+					c.lost(err)
+					return
+				}
+			}
+			c.consumeHeader()
+		}
 		c.reqCount++
 		c.inflight.Add(1)
 		o := getOp(c.srv)
@@ -385,12 +413,12 @@ func (c *conn) parse() {
 		o.id, o.wop, o.flags = req.ID, req.Op, req.Flags
 		o.off, o.length, o.reqFloor = req.Offset, req.Length, req.Floor
 		if data {
-			o.buf = c.srv.bufs.get(int(req.Length))
+			o.buf = c.srv.bufs.get(c.dataBufSize(req.Length))
 		}
 		if req.Op == wire.OpWrite {
 			// Always take the whole payload, even for a request that will
 			// be refused: the stream stays in sync.
-			done, err := c.rcv.ReadInto(o.data(), c.getSQE)
+			done, err := c.rcv.ReadInto(o.buf.b[:c.dataBufSize(o.length)], c.getSQE)
 			if err != nil {
 				c.inflight.Add(-1)
 				o.release(c)
@@ -398,9 +426,11 @@ func (c *conn) parse() {
 				return
 			}
 			if !done {
-				c.pend = o // dispatched when the receive completes
+				c.pend = o // opened and dispatched when the receive completes
 				return
 			}
+			c.openWrite(o)
+			continue
 		}
 		c.dispatchOp(o)
 	}
@@ -544,7 +574,7 @@ func (c *conn) onRecv(res int32) {
 	if direct {
 		o := c.pend
 		c.pend = nil
-		c.dispatchOp(o)
+		c.openWrite(o)
 	}
 }
 
@@ -556,7 +586,10 @@ func (c *conn) flushOut() {
 		return
 	}
 	n := min(len(c.out), maxBatch)
-	need := n * wire.ReplyHeaderSize
+	// Each reply has a slot of header and trailer (crypto.go) in hdrs;
+	// a READ's trailer follows its payload in its buffer instead.
+	slot := wire.ReplyHeaderSize + c.tag
+	need := n * slot
 	if cap(c.hdrs) < need {
 		c.hdrs = make([]byte, need, need+need/2)
 	}
@@ -565,17 +598,38 @@ func (c *conn) flushOut() {
 	run := -1 // start in hdrs of the header run in iov[len-1], or -1
 	for i := range n {
 		r := &c.out[i]
-		at := i * wire.ReplyHeaderSize
-		end := at + wire.ReplyHeaderSize
-		r.hdr.Put(hdrs[at:end])
+		at := i * slot
+		h := hdrs[at : at+wire.ReplyHeaderSize]
+		end := at + slot // a frame without payload: header ‖ trailer
+		var body []byte  // a READ's payload ‖ trailer
+		r.hdr.Put(h)
+		if r.op != nil {
+			end = at + wire.ReplyHeaderSize
+			body = r.op.buf.b[:int(r.hdr.Length)+c.tag]
+		}
+		if c.tag > 0 {
+			var err error
+			if body != nil {
+				err = c.sealReply(h, body[:r.hdr.Length], body[r.hdr.Length:])
+			} else {
+				err = c.sealReply(h, nil, hdrs[end-c.tag:end])
+			}
+			if err != nil { // 2^64 frames: cannot happen in practice
+				c.log.Warn("closing connection", zap.Error(err))
+				clear(iov)
+				c.iov = iov[:0]
+				c.startClosing()
+				return
+			}
+		}
 		if run >= 0 {
-			iov[len(iov)-1] = hdrs[run:end] // adjacent headers: one iovec
+			iov[len(iov)-1] = hdrs[run:end] // adjacent frames: one iovec
 		} else {
 			run = at
 			iov = append(iov, hdrs[at:end])
 		}
-		if r.op != nil {
-			iov = append(iov, r.op.buf.b[:r.hdr.Length])
+		if body != nil {
+			iov = append(iov, body)
 			run = -1
 		}
 		if r.counted != nil {

@@ -293,7 +293,7 @@ func (s *Server) attachSession(c *conn, h *wire.Hello) (*session, bool, error) {
 	if len(s.sessions) >= s.maxSessions() {
 		s.evictOldestLocked()
 	}
-	sess := &session{srv: s, token: wire.NewToken(), exp: c.exp, current: c}
+	sess := &session{srv: s, token: c.newSessionToken(), exp: c.exp, current: c}
 	sess.log = s.log.With(zap.String("export", c.exp.cfg.Name), zap.Stringer("session", sess.token))
 	s.sessions[sess.token] = sess
 	c.sess = sess

@@ -9,7 +9,6 @@ package txn
 import (
 	"context"
 	"fmt"
-	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -69,10 +68,11 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	nc, w, err := d.handshake(ctx, wire.Token{})
+	l, err := d.handshake(ctx, wire.Token{})
 	if err != nil {
 		return nil, err
 	}
+	w := l.w
 	d.first = w
 	c := &Client{d: d, welcome: w, efd: -1, done: make(chan struct{}),
 		deliver: func([]Completion) {}, cqes: make([]uring.CQE, 256)}
@@ -84,15 +84,15 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		}
 	}
 	ready := make(chan error)
-	go c.run(nc, ready)
+	go c.run(l, ready)
 	if err := <-ready; err != nil {
-		nc.Close()
+		l.nc.Close()
 		return nil, err
 	}
 	return c, nil
 }
 
-func (c *Client) run(nc net.Conn, ready chan<- error) {
+func (c *Client) run(l *link, ready chan<- error) {
 	defer close(c.done)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
@@ -109,7 +109,7 @@ func (c *Client) run(nc net.Conn, ready chan<- error) {
 		return
 	}
 	c.conn = newConn(c, c.d, c.deliverOne)
-	if err := c.conn.Start(nc, c.welcome); err != nil {
+	if err := c.conn.Start(l); err != nil {
 		ready <- err
 		return
 	}

@@ -1,15 +1,18 @@
 package txn
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/crypto"
 	"github.com/dst-dev/dst/internal/wire"
 	"github.com/dst-dev/dst/transport"
 )
@@ -50,6 +53,17 @@ type Options struct {
 	// drives the queue: whoever must resume the session after a crash
 	// stores the token here (it is a bearer credential).
 	OnSession func(queue int, token wire.Token)
+
+	// Crypto protects the frames (PROTOCOL.md §8): Suite None (the
+	// default) sends none; a checksum suite adds a checksum trailer to
+	// every frame; an AEAD suite needs Key and encrypts the payloads after
+	// a handshake that proves both sides hold it. The exporter must be
+	// configured with the same suite (and key), or the handshake fails.
+	// Crypto.Rand is for tests.
+	Crypto crypto.Config
+
+	// onSeal: see Conn.onSeal (tests).
+	onSeal func(cs *crypto.Session, seq uint64, hdr []byte)
 }
 
 func (o *Options) defaults() {
@@ -127,14 +141,30 @@ func (d *dialer) resume(i int) wire.Token {
 	return wire.Token{}
 }
 
+// link is a negotiated connection: the socket, the exporter's WELCOME and
+// the protection of its frames (PROTOCOL.md §8).
+type link struct {
+	nc net.Conn
+	w  *wire.Welcome
+	cs *crypto.Session
+}
+
 // handshake dials and negotiates one connection, resuming session if it
-// is not zero.
-func (d *dialer) handshake(ctx context.Context, session wire.Token) (net.Conn, *wire.Welcome, error) {
+// is not zero. With crypto, the HELLO and WELCOME are recorded as they go
+// over the wire (the transcript of PROTOCOL.md §8.3) and a keyed suite
+// exchanges FINISHED messages before the connection is handed over; a
+// refusal or a failed check closes the connection with nothing read or
+// written beyond the handshake.
+func (d *dialer) handshake(ctx context.Context, session wire.Token) (*link, error) {
+	hs, err := crypto.NewClient(d.opts.Crypto)
+	if err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, d.opts.HandshakeTimeout)
 	defer cancel()
 	conn, err := transport.DialURL(ctx, d.url, d.opts.Transport)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// The handshake may block; the context bounds it through the deadline
 	// and by closing the connection when it is cancelled.
@@ -150,32 +180,49 @@ func (d *dialer) handshake(ctx context.Context, session wire.Token) (net.Conn, *
 		WantReadOnly: d.opts.ReadOnly,
 		ClientName:   d.opts.Name,
 		MaxInflight:  uint32(min(d.opts.Capacity, wire.MaxInflightLimit)),
+		Crypto:       hs.HelloAttr(),
+		TagSize:      hs.TagSize(),
 	}
 	if !session.IsZero() {
 		h.Session, h.HasSession = session, true
 	}
-	if err := wire.WriteHello(conn, h); err != nil {
+	var rec bytes.Buffer
+	if err := wire.WriteHello(io.MultiWriter(conn, &rec), h); err != nil {
 		conn.Close()
-		return nil, nil, fmt.Errorf("handshake with %s: %w", d.url, err)
+		return nil, fmt.Errorf("handshake with %s: %w", d.url, err)
 	}
-	w, err := wire.ReadWelcome(conn)
+	if err := hs.Hello(rec.Bytes()); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("handshake with %s: %w", d.url, err)
+	}
+	rec.Reset()
+	w, err := wire.ReadWelcome(io.TeeReader(conn, &rec))
 	if err != nil {
 		conn.Close()
 		var re *wire.RefuseError
 		if errors.As(err, &re) {
-			return nil, nil, err
+			return nil, err
 		}
-		return nil, nil, fmt.Errorf("handshake with %s: %w", d.url, err)
+		return nil, fmt.Errorf("handshake with %s: %w", d.url, err)
+	}
+	if err := hs.Welcome(rec.Bytes()); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("handshake with %s: %w", d.url, err)
+	}
+	cs, err := hs.Finish(conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("handshake with %s: %w", d.url, err)
 	}
 	if first := d.first; first != nil {
 		if w.Size != first.Size || w.LogicalBlock != first.LogicalBlock || w.ReadOnly && !first.ReadOnly {
 			conn.Close()
-			return nil, nil, &changedError{fmt.Sprintf("export %s changed: size %d -> %d, block %d -> %d, read-only %v -> %v",
+			return nil, &changedError{fmt.Sprintf("export %s changed: size %d -> %d, block %d -> %d, read-only %v -> %v",
 				d.url.Export, first.Size, w.Size, first.LogicalBlock, w.LogicalBlock, first.ReadOnly, w.ReadOnly)}
 		}
 	}
 	conn.SetDeadline(time.Time{})
-	return conn, w, nil
+	return &link{nc: conn, w: w, cs: cs}, nil
 }
 
 // changedError: the export is no longer the device we created.

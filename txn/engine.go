@@ -135,6 +135,9 @@ type Stats struct {
 	Submitted, Completed, Failed uint64
 	Resent, Timeouts, Reconnects uint64
 	PingsSent                    uint64
+	// Corrupt counts reply frames whose trailer did not verify (PROTOCOL.md
+	// §8.5): lost, their transactions resent.
+	Corrupt uint64
 }
 
 // Engine is the transaction state machine.
@@ -247,6 +250,20 @@ func (e *Engine) Receiving(id uint64, length uint32) []byte {
 	}
 	x.recv = true
 	return x.Buf
+}
+
+// Lost reports a reply frame that did not verify (PROTOCOL.md §8.5): it is
+// counted, and if receiving is set the Receiving of id is undone, so that
+// the transaction waits for a resend. Nothing else of the frame is used
+// (not even as a sign of life).
+func (e *Engine) Lost(id uint64, receiving bool) {
+	e.stats.Corrupt++
+	if !receiving {
+		return
+	}
+	if x := e.tab.get(id); x != nil {
+		x.recv = false
+	}
 }
 
 // Step applies a reply read from the current connection.

@@ -24,6 +24,9 @@ type Txn struct {
 	// Header is the encoded request header, filled when the txn is handed
 	// out for sending (Floor changes between sends).
 	Header [wire.RequestHeaderSize]byte
+	// Trailer holds the frame's trailer (PROTOCOL.md §8.5) when the
+	// connection has crypto: sealed with the header at each send.
+	Trailer [32]byte
 
 	state    txnState
 	tries    int    // timeouts so far: each uses up one attempt

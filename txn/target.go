@@ -3,7 +3,6 @@ package txn
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync"
 	"syscall"
 
@@ -23,7 +22,7 @@ type Target struct {
 	welcome *wire.Welcome
 
 	mu    sync.Mutex
-	first net.Conn // the connection Dial made, for queue 0
+	first *link // the connection Dial made, for queue 0
 	conns []*Conn
 	state []ConnState
 }
@@ -35,12 +34,12 @@ func DialTarget(ctx context.Context, opts Options) (*Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, w, err := d.handshake(ctx, d.resume(0))
+	l, err := d.handshake(ctx, d.resume(0))
 	if err != nil {
 		return nil, err
 	}
-	d.first = w
-	return &Target{d: d, welcome: w, first: conn}, nil
+	d.first = l.w
+	return &Target{d: d, welcome: l.w, first: l}, nil
 }
 
 // Resumed reports whether the first connection resumed the session it was
@@ -90,11 +89,7 @@ func (t *Target) NewQueue(q *ublk.QueueContext) (ublk.QueueHandler, error) {
 	t.conns = append(t.conns, h.c)
 	t.state = append(t.state, Down)
 	t.mu.Unlock()
-	var w *wire.Welcome
-	if first != nil {
-		w = t.welcome
-	}
-	if err := h.c.Start(first, w); err != nil {
+	if err := h.c.Start(first); err != nil {
 		return nil, fmt.Errorf("queue %d: %w", q.ID, err)
 	}
 	return h, nil
@@ -145,7 +140,7 @@ func (t *Target) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.first != nil {
-		t.first.Close()
+		t.first.nc.Close()
 		t.first = nil
 	}
 	return nil
