@@ -62,7 +62,7 @@ func exportCommand() *cli.Command {
 			"SIGINT or SIGTERM stops it cleanly: in-flight requests finish and are answered,\n" +
 			"clients are told GOODBYE (they reconnect elsewhere or later), the exports are\n" +
 			"synced (at most 30s).",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.GenericFlag{Name: "listen", Value: &multiFlag{},
 				Usage: "listen on `URL` (repeatable; default " + defaultListen + ")"},
 			&cli.GenericFlag{Name: "export", Value: &multiFlag{},
@@ -74,7 +74,7 @@ func exportCommand() *cli.Command {
 				Usage: "`N` requests a connection may have outstanding (1..65536)"},
 			&cli.StringFlag{Name: "max-transfer", Value: "1MiB", Usage: "largest read or write, `SIZE` from 512B to 32MiB"},
 			&cli.StringFlag{Name: "name", Usage: "exporter `NAME` shown to clients (default: the host name)"},
-		},
+		}, exportFaultFlags()...),
 		Action: runExport,
 	}
 }
@@ -139,6 +139,9 @@ func exportConfig(c *cli.Context) (export.Config, []string, error) {
 		cfg.Name = n
 	}
 
+	if err := applyExportFaults(c, &cfg); err != nil {
+		return cfg, nil, err
+	}
 	listens := *c.Generic("listen").(*multiFlag)
 	for i, s := range listens {
 		u, err := transport.ParseURL(s)
