@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -24,8 +25,10 @@ func attachCommand() *cli.Command {
 			"dst+unix:///path/to.sock?export=name. The device survives short outages:\n" +
 			"a request without an answer is resent every --timeout, --retries times,\n" +
 			"then fails with EIO; lost connections are re-established and unanswered\n" +
-			"requests resent; an idle link is probed every --ping.",
-		Flags: append(deviceFlags(),
+			"requests resent; an idle link is probed every --ping.\n\n" +
+			"--checksum or --cipher (with --key-file) protect every frame; the exporter must\n" +
+			"be started with the same ones, or the connection is refused at the handshake.",
+		Flags: append(append(deviceFlags(), cryptoFlags()...),
 			&cli.DurationFlag{Name: "timeout", Value: 10 * time.Second, Usage: "resend a request after this long without an answer"},
 			&cli.IntFlag{Name: "retries", Value: 6, Usage: "resends before a request fails with EIO (0 = fail at the first timeout)"},
 			&cli.DurationFlag{Name: "ping", Value: 2 * time.Second, Usage: "probe an idle connection this often; dead after two silent intervals"},
@@ -48,6 +51,10 @@ func attachCommand() *cli.Command {
 			if c.Duration("ping") <= 0 {
 				return usagef("--ping must be positive")
 			}
+			cc, err := cryptoConfig(c)
+			if err != nil {
+				return err
+			}
 			rawURL := c.Args().First()
 			u, err := transport.ParseURL(rawURL)
 			if err != nil {
@@ -67,15 +74,18 @@ func attachCommand() *cli.Command {
 			ctrl.Close()
 
 			k := newRecordKeeper(recordOptions(c, state.Record{Kind: "remote", URL: u.String(), ReadOnly: c.Bool("ro"),
-				Remote: &state.Remote{Timeout: c.Duration("timeout").String(), Retries: c.Int("retries"), Ping: c.Duration("ping").String()}}))
+				Remote: &state.Remote{Timeout: c.Duration("timeout").String(), Retries: c.Int("retries"), Ping: c.Duration("ping").String(),
+					Checksum: c.String("checksum"), Cipher: c.String("cipher"), KeyFile: absPath(c.String("key-file"))}}))
 			ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
-			target, err := txn.DialTarget(ctx, remoteOptions(rawURL, c.Duration("timeout"), c.Int("retries"), c.Duration("ping"), o.Depth, c.Bool("ro"), k))
+			opts := remoteOptions(rawURL, c.Duration("timeout"), c.Int("retries"), c.Duration("ping"), o.Depth, c.Bool("ro"), k)
+			opts.Crypto = cc
+			target, err := txn.DialTarget(ctx, opts)
 			cancel()
 			if err != nil {
 				return fmt.Errorf("attach %s: %w", u, err)
 			}
 			w := target.Welcome()
-			log.Info("connected", zap.Stringer("url", u), zap.Uint64("size", w.Size),
+			log.Info("connected", zap.Stringer("url", u), zap.Stringer("crypto", cc.Suite), zap.Uint64("size", w.Size),
 				zap.Uint32("block", w.LogicalBlock), zap.Bool("read_only", w.ReadOnly), zap.Stringer("features", w.Features))
 			k.update(func(r *state.Record) { r.Conn = "up" })
 			// Each queue detaches its own connection (DISCONNECT) when the
@@ -87,6 +97,18 @@ func attachCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// absPath makes a key file path absolute for the state record (dst
+// recover may run elsewhere); "" stays "".
+func absPath(p string) string {
+	if p == "" {
+		return ""
+	}
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }
 
 // remoteOptions are the connection options of a remote device; the state

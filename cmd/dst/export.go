@@ -74,7 +74,7 @@ func exportCommand() *cli.Command {
 				Usage: "`N` requests a connection may have outstanding (1..65536)"},
 			&cli.StringFlag{Name: "max-transfer", Value: "1MiB", Usage: "largest read or write, `SIZE` from 512B to 32MiB"},
 			&cli.StringFlag{Name: "name", Usage: "exporter `NAME` shown to clients (default: the host name)"},
-		}, exportFaultFlags()...),
+		}, append(cryptoFlags(), exportFaultFlags()...)...),
 		Action: runExport,
 	}
 }
@@ -139,6 +139,9 @@ func exportConfig(c *cli.Context) (export.Config, []string, error) {
 		cfg.Name = n
 	}
 
+	if cfg.Crypto, err = cryptoConfig(c); err != nil { // for every export and client (PROTOCOL.md §8)
+		return cfg, nil, err
+	}
 	if err := applyExportFaults(c, &cfg); err != nil {
 		return cfg, nil, err
 	}

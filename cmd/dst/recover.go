@@ -30,6 +30,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/crypto"
 	"github.com/dst-dev/dst/internal/backend"
 	"github.com/dst-dev/dst/internal/state"
 	"github.com/dst-dev/dst/internal/wire"
@@ -306,6 +307,13 @@ func recoverTarget(ctx context.Context, r *state.Record, epoch uint16, k *record
 			}
 		}
 		o := remoteOptions(r.URL, timeout, r.Remote.Retries, ping, r.Depth, r.ReadOnly, k)
+		suite, err := crypto.SuiteFromFlags(r.Remote.Checksum, r.Remote.Cipher)
+		if err != nil {
+			return nil, fmt.Errorf("state record: %w", err)
+		}
+		if o.Crypto, err = loadCrypto(suite, r.Remote.KeyFile); err != nil {
+			return nil, fmt.Errorf("state record: %w", err)
+		}
 		o.FirstID = txn.EpochFirstID(epoch)
 		o.Sessions = sessions
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)

@@ -66,6 +66,11 @@ type Remote struct {
 	// Sessions[i] is queue i's session token, hex: a bearer credential
 	// (whoever has it can resume the session), hence records are 0600.
 	Sessions []string `json:"sessions,omitempty"`
+	// Frame protection (dst attach --checksum, --cipher, --key-file as an
+	// absolute path; the key itself is not recorded).
+	Checksum string `json:"checksum,omitempty"`
+	Cipher   string `json:"cipher,omitempty"`
+	KeyFile  string `json:"key_file,omitempty"`
 }
 
 // Dir is a directory of records.
