@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dst-dev/dst/crypto"
 	"github.com/dst-dev/dst/export"
 	"github.com/dst-dev/dst/export/exporttest"
 	"github.com/dst-dev/dst/internal/uring"
@@ -22,13 +23,7 @@ import (
 // in flight, and reports IOPS, MB/s and latency percentiles. The exporter
 // runs in the same process, so allocs/op counts both sides.
 func BenchmarkClient(b *testing.B) {
-	jobs := []struct {
-		name  string
-		op    wire.Op
-		bs    int
-		depth int
-		seq   bool
-	}{
+	jobs := []benchJobSpec{
 		{"randread-4k-qd1", wire.OpRead, 4096, 1, false},
 		{"randread-4k-qd32", wire.OpRead, 4096, 32, false},
 		{"randwrite-4k-qd1", wire.OpWrite, 4096, 1, false},
@@ -36,7 +31,7 @@ func BenchmarkClient(b *testing.B) {
 		{"read-128k-qd8", wire.OpRead, 128 << 10, 8, true},
 		{"write-128k-qd8", wire.OpWrite, 128 << 10, 8, true},
 	}
-	const size = 256 << 20
+	const size = benchSize
 	// DST_BENCH_URL points the benchmark at an exporter in another process
 	// (an export named "disk" of at least 256 MiB).
 	url := os.Getenv("DST_BENCH_URL")
@@ -50,73 +45,116 @@ func BenchmarkClient(b *testing.B) {
 		url = addr + "/disk"
 	}
 	for _, j := range jobs {
-		b.Run(j.name, func(b *testing.B) {
-			c, err := Dial(context.Background(), Options{URL: url, Capacity: 2 * j.depth})
-			if err != nil {
-				b.Fatal(err)
+		b.Run(j.name, func(b *testing.B) { benchJob(b, Options{URL: url}, j) })
+	}
+}
+
+type benchJobSpec struct {
+	name  string
+	op    wire.Op
+	bs    int
+	depth int
+	seq   bool
+}
+
+const benchSize = 256 << 20
+
+// benchJob runs one job of BenchmarkClient with opts (URL set).
+func benchJob(b *testing.B, opts Options, j benchJobSpec) {
+	const size = benchSize
+	opts.Capacity = 2 * j.depth
+	c, err := Dial(context.Background(), opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	slab, _ := uring.AlignedBuffer(j.depth * j.bs)
+	defer uring.FreeBuffer(slab)
+	var (
+		mu       sync.Mutex
+		started  = make([]time.Time, j.depth)
+		lat      = make([]time.Duration, 0, b.N+j.depth)
+		issued   atomic.Int64
+		finished = make(chan struct{})
+		rng      = rand.New(rand.NewPCG(1, 2))
+		seqOff   uint64
+		failed   atomic.Int64
+	)
+	next := func(h Handle) {
+		var off uint64
+		if j.seq {
+			off = seqOff
+			seqOff = (seqOff + uint64(j.bs)) % size
+		} else {
+			off = uint64(rng.IntN(size/j.bs)) * uint64(j.bs)
+		}
+		started[h] = time.Now()
+		c.Submit(h, j.op, 0, off, uint32(j.bs), slab[int(h)*j.bs:(int(h)+1)*j.bs])
+	}
+	var done int64
+	c.SetDeliver(func(comps []Completion) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, cp := range comps {
+			if cp.Err != 0 {
+				failed.Add(1)
 			}
-			defer c.Close(context.Background())
-			slab, _ := uring.AlignedBuffer(j.depth * j.bs)
-			defer uring.FreeBuffer(slab)
-			var (
-				mu       sync.Mutex
-				started  = make([]time.Time, j.depth)
-				lat      = make([]time.Duration, 0, b.N+j.depth)
-				issued   atomic.Int64
-				finished = make(chan struct{})
-				rng      = rand.New(rand.NewPCG(1, 2))
-				seqOff   uint64
-				failed   atomic.Int64
-			)
-			next := func(h Handle) {
-				var off uint64
-				if j.seq {
-					off = seqOff
-					seqOff = (seqOff + uint64(j.bs)) % size
-				} else {
-					off = uint64(rng.IntN(size/j.bs)) * uint64(j.bs)
-				}
-				started[h] = time.Now()
-				c.Submit(h, j.op, 0, off, uint32(j.bs), slab[int(h)*j.bs:(int(h)+1)*j.bs])
-			}
-			var done int64
-			c.SetDeliver(func(comps []Completion) {
-				mu.Lock()
-				defer mu.Unlock()
-				for _, cp := range comps {
-					if cp.Err != 0 {
-						failed.Add(1)
-					}
-					lat = append(lat, time.Since(started[cp.Handle]))
-					done++
-					if issued.Load() < int64(b.N) {
-						issued.Add(1)
-						next(cp.Handle)
-					} else if done == issued.Load() {
-						close(finished)
-					}
-				}
-			})
-			b.ReportAllocs()
-			b.SetBytes(int64(j.bs))
-			b.ResetTimer()
-			start := time.Now()
-			mu.Lock()
-			for h := 0; h < j.depth && issued.Load() < int64(b.N); h++ {
+			lat = append(lat, time.Since(started[cp.Handle]))
+			done++
+			if issued.Load() < int64(b.N) {
 				issued.Add(1)
-				next(Handle(h))
+				next(cp.Handle)
+			} else if done == issued.Load() {
+				close(finished)
 			}
-			mu.Unlock()
-			<-finished
-			el := time.Since(start)
-			b.StopTimer()
-			if failed.Load() > 0 {
-				b.Fatalf("%d requests failed", failed.Load())
-			}
-			slices.Sort(lat)
-			b.ReportMetric(float64(b.N)/el.Seconds(), "IOPS")
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
-		})
+		}
+	})
+	b.ReportAllocs()
+	b.SetBytes(int64(j.bs))
+	b.ResetTimer()
+	start := time.Now()
+	mu.Lock()
+	for h := 0; h < j.depth && issued.Load() < int64(b.N); h++ {
+		issued.Add(1)
+		next(Handle(h))
+	}
+	mu.Unlock()
+	<-finished
+	el := time.Since(start)
+	b.StopTimer()
+	if failed.Load() > 0 {
+		b.Fatalf("%d requests failed", failed.Load())
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(b.N)/el.Seconds(), "IOPS")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// BenchmarkClientCrypto is BenchmarkClient's 4k QD32 and 128k sequential
+// jobs with every suite (PROTOCOL.md §8), plaintext first, against an
+// in-process exporter with the same suite (so both sides' crypto is on
+// the same CPUs, as are both sides' threads).
+func BenchmarkClientCrypto(b *testing.B) {
+	jobs := []benchJobSpec{
+		{"randread-4k-qd32", wire.OpRead, 4096, 32, false},
+		{"randwrite-4k-qd32", wire.OpWrite, 4096, 32, false},
+		{"read-128k-qd8", wire.OpRead, 128 << 10, 8, true},
+		{"write-128k-qd8", wire.OpWrite, 128 << 10, 8, true},
+	}
+	path := exporttest.File(b, benchSize)
+	for _, s := range append([]crypto.Suite{crypto.None}, crypto.Suites...) {
+		cc := cryptoCfg(s)
+		cfg := export.Config{
+			Exports: []export.ExportConfig{{Name: "disk", Path: path}},
+			Access:  export.ACL{AllowAll: export.ReadWrite},
+			Crypto:  cc,
+		}
+		_, addr := exporttest.Start(b, cfg, exporttest.TCP4)
+		for _, j := range jobs {
+			b.Run(s.String()+"/"+j.name, func(b *testing.B) {
+				benchJob(b, Options{URL: addr + "/disk", Crypto: cc}, j)
+			})
+		}
 	}
 }
