@@ -121,7 +121,11 @@
 // fences the previous connection (§5.4): it is closed, and its loop,
 // which may still hold requests it has read, dispatches nothing more,
 // because dispatch happens under the session lock and first checks that
-// its connection is still the session's current one.
+// its connection is still the session's current one. Resuming also sets
+// the recovery barrier (§5.4 step 3, session.go): the new connection
+// executes nothing until every op the session was executing at the
+// resume has finished; its requests that would execute wait, parked in
+// the session in arrival order, and its loop goes on answering PINGs.
 //
 // The record is a ring of 65536 entries {id, executing|done, status, op}
 // indexed by id mod 65536, allocated by 1024-entry chunks as ids reach
@@ -139,7 +143,9 @@
 //
 // A detached session is kept for SessionLinger (and while it has I/O
 // executing), then forgotten; at most 4096 sessions are held, beyond
-// which a new session forgets the detached one that waited longest.
+// which a new session forgets the detached one, with nothing executing,
+// that waited longest (a session with I/O executing is never forgotten:
+// its resume needs the barrier).
 // DISCONNECT (§5.7): the loop stops reading, every transaction of the
 // session finishes and is answered, DISCONNECT is echoed, the connection
 // is closed and the session forgotten.

@@ -239,6 +239,7 @@ func (c *conn) step() {
 		c.unpark()
 	}
 	if c.state == stRunning {
+		c.dispatchParked() // requests held back by the recovery barrier (session.go)
 		c.parse()
 	}
 	if c.state == stDraining {

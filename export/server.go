@@ -284,8 +284,13 @@ func (s *Server) attachSession(c *conn, h *wire.Hello) (*session, bool, error) {
 				zap.Stringer("token", h.Session), zap.String("token_export", sess.exp.cfg.Name))
 		default:
 			c.sess = sess
-			if old := sess.attach(c); old != nil {
+			old, barrier := sess.attach(c)
+			if old != nil {
 				c.log.Info("fenced the session's previous connection", zap.Uint64("previous", old.id))
+			}
+			if barrier > 0 {
+				c.log.Info("session resumed with transactions still executing: new requests wait for them",
+					zap.Int("executing", barrier))
 			}
 			return sess, true, nil
 		}
@@ -356,16 +361,20 @@ func (s *Server) detach(c *conn) {
 // if it has none).
 func (s *Server) forget(sess *session, c *conn, why string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	sess.mu.Lock()
-	defer sess.mu.Unlock()
 	if sess.current != c || sess.gone {
+		sess.mu.Unlock()
+		s.mu.Unlock()
 		return
 	}
 	sess.current = nil
 	sess.gone = true
+	drop := sess.takeParkedLocked()
 	delete(s.sessions, sess.token)
+	sess.mu.Unlock()
+	s.mu.Unlock()
 	sess.log.Info("session forgotten", zap.String("why", why))
+	sess.dropParked(drop, c)
 }
 
 // janitor drops sessions that stayed detached for SessionLinger (and have

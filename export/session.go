@@ -2,6 +2,7 @@ package export
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,6 +26,25 @@ import (
 //     current connection, under mu. That connection may be another one
 //     (after a resume): the reply then goes through its cross-thread
 //     queue.
+//
+// The recovery barrier (PROTOCOL.md §5.4 step 3): when a connection
+// resumes the session, attach counts the transactions still executing
+// (barrier). Until every one of them has finished, the new connection
+// executes nothing: a request that dispatch would execute (a new
+// transaction, a READ executed again) is parked, in arrival order, in the
+// session (parked), before the record is touched. Everything that
+// executes nothing goes on at once: PINGs, a resend of an executing id
+// (rule 1: its reply comes when the first copy completes), answers from
+// the record (rule 2), refusals below the floor (rule 4). finish counts
+// the barrier down (an op whose connection is not the current one was
+// executing at the resume: every op dispatched since came from the
+// current connection) and, at zero, kicks the current connection, whose
+// loop then dispatches the parked requests in order (dispatchParked). If
+// the current connection changes again (another resume, or it ends)
+// before that, its parked requests are dropped unanswered: they were never
+// dispatched, so they were not acknowledged, and the client resends them.
+// The ring thread never blocks on the barrier; PINGs keep the link alive
+// while it holds.
 //
 // Lock order: Server.mu, then session.mu, then a conn's cross-thread
 // queue lock (xqueue.mu).
@@ -103,6 +123,19 @@ type session struct {
 	executing int       // ops recorded executing
 	detached  time.Time // when current became nil
 	gone      bool      // forgotten (DISCONNECT, linger, shutdown)
+
+	// The recovery barrier. barrier: ops executing when current
+	// attached (resumed) that have not finished; every one of them has
+	// an origin other than current. parked: requests read by current
+	// and held back until barrier is zero, in arrival order (their
+	// MaxInflight counts and buffers stay charged to current). spare:
+	// the other half of parked's double buffer (no allocation per
+	// resume once both exist). hasParked mirrors len(parked) > 0 for
+	// the loop's check without the lock.
+	barrier   int
+	parked    []*op
+	spare     []*op
+	hasParked atomic.Bool
 }
 
 // Outcomes of dispatch that the reader acts on.
@@ -113,12 +146,14 @@ const (
 	execute                          // recorded executing: the caller executes o
 	fenced                           // the conn is no longer current: stop reading
 	collision                        // protocol violation: close the conn
+	parked                           // held back by the recovery barrier: the session owns o
 )
 
 // dispatch applies the rules of §5.3 to op o, read on conn c (and called
 // on c's loop), and either records it executing (execute: the caller then
-// owns o and executes it), answers it at once, or drops it (it owns o
-// then).
+// owns o and executes it), answers it at once, drops it (it owns o then),
+// or parks it behind the recovery barrier (parked: the session owns o
+// until c's loop dispatches it again, or drops it).
 func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 	s.mu.Lock()
 	if s.current != c || s.gone {
@@ -155,6 +190,13 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 		o.release(c)
 		return dispatched, 0
 	case e.id < o.id: // executing: the ring would lose it
+		if s.barredLocked() {
+			// The old id may be one the barrier waits for: once it
+			// has finished, this one simply evicts it.
+			s.parkLocked(o)
+			s.mu.Unlock()
+			return parked, 0
+		}
 		other := e.id
 		s.mu.Unlock()
 		o.release(c)
@@ -189,6 +231,11 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 		return dispatched, 0
 	}
 	// A new transaction, or a READ executed again (rule 2).
+	if s.barredLocked() {
+		s.parkLocked(o)
+		s.mu.Unlock()
+		return parked, 0
+	}
 	if st := c.check(o); st != wire.StatusOK {
 		*e = entry{id: o.id, state: stateDone, status: uint16(st), op: uint8(o.wop)}
 		c.replyLocked(o, st)
@@ -226,6 +273,14 @@ func (c *conn) finish(o *op, err error) {
 	}
 	s.rec.remove(o.handle)
 	s.executing--
+	if s.barrier > 0 && s.current != nil && o.origin != s.current {
+		// An op of an earlier connection: it was executing when the
+		// current one resumed the session.
+		s.barrier--
+		if s.barrier == 0 && len(s.parked) > 0 {
+			s.current.x.kick() // dispatchParked
+		}
+	}
 	kept := false
 	if cur := s.current; cur != nil {
 		r := reply{hdr: wire.Reply{Op: o.wop, ID: o.id, Status: st}, counted: o.counted}
@@ -246,28 +301,117 @@ func (c *conn) finish(o *op, err error) {
 }
 
 // attach makes c the session's current connection, fencing the previous
-// one (§5.4 step 1): it is closed and nothing it still reads is dispatched.
-// It returns the previous connection, if any.
-func (s *session) attach(c *conn) *conn {
+// one (§5.4 step 1): it is closed and nothing it still reads is
+// dispatched, and the requests it had parked behind a barrier are dropped.
+// c executes nothing until every op executing now has finished (the
+// recovery barrier, §5.4 step 3). It returns the previous connection, if
+// any, and the number of ops the barrier waits for.
+func (s *session) attach(c *conn) (*conn, int) {
 	s.mu.Lock()
 	old := s.current
 	s.current = c
+	s.barrier = s.executing
+	barrier := s.barrier
+	drop := s.takeParkedLocked()
 	s.mu.Unlock()
+	s.dropParked(drop, nil)
 	if old != nil {
 		old.abort("fenced: the session was resumed on another connection")
 	}
-	return old
+	return old, barrier
 }
 
-// detach clears c as the current connection, if it still is, and reports
-// whether it did.
+// detach clears c as the current connection, if it still is, drops the
+// requests it had parked, and reports whether it did.
 func (s *session) detach(c *conn) bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.current != c {
+		s.mu.Unlock()
 		return false
 	}
 	s.current = nil
 	s.detached = time.Now()
+	drop := s.takeParkedLocked()
+	s.mu.Unlock()
+	s.dropParked(drop, c)
 	return true
+}
+
+// barredLocked reports whether a request of the current connection that
+// would execute must wait: the barrier holds, or requests parked before
+// it are not yet dispatched (arrival order is kept).
+func (s *session) barredLocked() bool { return s.barrier > 0 || len(s.parked) > 0 }
+
+func (s *session) parkLocked(o *op) {
+	s.parked = append(s.parked, o)
+	s.hasParked.Store(true)
+}
+
+// takeParkedLocked empties parked and returns what it held (nil if
+// nothing). The caller hands the slice back with putParked.
+func (s *session) takeParkedLocked() []*op {
+	if len(s.parked) == 0 {
+		return nil
+	}
+	list := s.parked
+	s.parked, s.spare = s.spare[:0], nil
+	s.hasParked.Store(false)
+	return list
+}
+
+func (s *session) putParked(list []*op) {
+	clear(list)
+	s.mu.Lock()
+	if s.spare == nil {
+		s.spare = list[:0]
+	}
+	s.mu.Unlock()
+}
+
+// dropParked gives back requests that were parked and never dispatched:
+// their MaxInflight counts and buffers. on is the connection whose loop
+// runs this, or nil.
+func (s *session) dropParked(list []*op, on *conn) {
+	if list == nil {
+		return
+	}
+	s.log.Info("dropping requests held back by the recovery barrier: their connection was replaced or ended",
+		zap.Int("requests", len(list)))
+	for i, o := range list {
+		o.origin.inflight.Add(-1)
+		o.release(on)
+		list[i] = nil
+	}
+	s.putParked(list)
+}
+
+// dispatchParked runs on c's loop while c reads: once the barrier has
+// gone, it dispatches the requests parked behind it, in arrival order.
+func (c *conn) dispatchParked() {
+	s := c.sess
+	if !s.hasParked.Load() {
+		return
+	}
+	s.mu.Lock()
+	if s.current != c || s.barrier > 0 {
+		s.mu.Unlock()
+		return
+	}
+	list := s.takeParkedLocked()
+	s.mu.Unlock()
+	if list == nil {
+		return
+	}
+	for i, o := range list {
+		list[i] = nil
+		if c.state != stRunning {
+			// Fenced or closed by one of them: the rest are never
+			// dispatched (§5.4 step 1).
+			c.inflight.Add(-1)
+			o.release(c)
+			continue
+		}
+		c.dispatchOp(o)
+	}
+	s.putParked(list)
 }
