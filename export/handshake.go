@@ -75,7 +75,7 @@ func (c *conn) handshake() bool {
 	if access == Deny {
 		return c.refuse(wire.RefuseAccessDenied, fmt.Sprintf("%s is not on the access list", c.peer.desc))
 	}
-	exp := s.exports[hello.Export]
+	exp := s.lookupExport(hello.Export)
 	if exp == nil {
 		return c.refuse(wire.RefuseNoSuchExport, fmt.Sprintf("no export named %q here", hello.Export))
 	}

@@ -64,6 +64,6 @@ func BeforeDispatch(cfg *Config, fn func(id uint64)) { cfg.beforeDispatch = fn }
 // MemoryFile reports whether the export serves its reads and writes by
 // inline copies (a file on a memory filesystem), and through a mapping.
 func (s *Server) MemoryFile(name string) (inline, mapped bool) {
-	e := s.exports[name]
+	e := s.lookupExport(name)
 	return e.inline, e.mem != nil
 }

@@ -61,6 +61,15 @@ type export struct {
 	// done by the loops themselves, through mem when it is set.
 	inline bool
 	mem    *memFile
+
+	// Reloads (reload.go), guarded by Server.mu: removed by RemoveExport
+	// (no new session attaches); conns: connections attached to a
+	// session of this export and not yet ended; closing: the file is
+	// being (or has been) synced and closed; closed is closed then.
+	removed bool
+	conns   int
+	closing bool
+	closed  chan struct{}
 }
 
 // New checks cfg and opens every export (O_DIRECT unless Buffered), so
@@ -100,7 +109,7 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 		return nil, fmt.Errorf("export %q: %w", ec.Name, err)
 	}
 	lbs := f.LogicalBlockSize()
-	e := &export{cfg: ec, file: f, features: wire.FeatResume}
+	e := &export{cfg: ec, file: f, features: wire.FeatResume, closed: make(chan struct{})}
 	e.maxTransfer = s.cfg.MaxTransfer / lbs * lbs
 	if e.maxTransfer == 0 {
 		f.Close()
@@ -135,35 +144,36 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 
 // closeExports syncs the writable exports and closes them. Every
 // connection has ended, and with it every op: no I/O is in flight.
+// Exports removed by RemoveExport are not in the list: their last
+// connection closed them.
 func (s *Server) closeExports() error {
+	s.mu.Lock()
+	list := s.list
+	s.mu.Unlock()
 	var errs []error
-	for _, e := range s.list {
-		if e.mem != nil {
-			e.mem.unmap()
-			e.mem = nil
-		}
-		if !e.cfg.ReadOnly {
-			if err := e.file.Sync(backend.OpFlush, 0, 0, nil, 0); err != nil {
-				errs = append(errs, fmt.Errorf("export %q: fdatasync: %w", e.cfg.Name, err))
-			}
-		}
-		if err := e.file.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("export %q: %w", e.cfg.Name, err))
-		}
+	for _, e := range list {
+		errs = append(errs, e.close())
 	}
 	return errors.Join(errs...)
 }
 
-// SetAccess replaces the access list. New connections and every
-// handshake from now on (resumes included) are checked against it;
-// established connections keep their session.
-func (s *Server) SetAccess(a ACL) error {
-	t, err := a.compile()
-	if err != nil {
-		return err
+// close syncs a writable export and closes it; no I/O may be in flight.
+func (e *export) close() error {
+	var errs []error
+	if e.mem != nil {
+		e.mem.unmap()
+		e.mem = nil
 	}
-	s.acl.Store(t)
-	return nil
+	if !e.cfg.ReadOnly {
+		if err := e.file.Sync(backend.OpFlush, 0, 0, nil, 0); err != nil {
+			errs = append(errs, fmt.Errorf("export %q: fdatasync: %w", e.cfg.Name, err))
+		}
+	}
+	if err := e.file.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("export %q: %w", e.cfg.Name, err))
+	}
+	close(e.closed)
+	return errors.Join(errs...)
 }
 
 // Serve accepts connections on l until ctx ends or Shutdown begins, then
@@ -262,7 +272,19 @@ func (s *Server) accept(nc net.Conn) {
 func (s *Server) unregister(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	var last *export
+	if c.sess != nil { // attached: counted in its export's conns
+		e := c.exp
+		e.conns--
+		if e.removed && e.conns == 0 && !e.closing {
+			e.closing = true
+			last = e
+		}
+	}
 	s.mu.Unlock()
+	if last != nil {
+		s.closeRemoved(last)
+	}
 }
 
 // attachSession resumes the HELLO's session (same export, RESUME in
@@ -272,6 +294,9 @@ func (s *Server) attachSession(c *conn, h *wire.Hello) (*session, bool, error) {
 	defer s.mu.Unlock()
 	if s.stopping {
 		return nil, false, ErrServerClosed
+	}
+	if err := s.stillAllowedLocked(c); err != nil {
+		return nil, false, err
 	}
 	if h.HasSession && c.features&wire.FeatResume != 0 {
 		sess := s.sessions[h.Session]
@@ -284,6 +309,7 @@ func (s *Server) attachSession(c *conn, h *wire.Hello) (*session, bool, error) {
 				zap.Stringer("token", h.Session), zap.String("token_export", sess.exp.cfg.Name))
 		default:
 			c.sess = sess
+			c.exp.conns++
 			old, barrier := sess.attach(c)
 			if old != nil {
 				c.log.Info("fenced the session's previous connection", zap.Uint64("previous", old.id))
@@ -302,6 +328,7 @@ func (s *Server) attachSession(c *conn, h *wire.Hello) (*session, bool, error) {
 	sess.log = s.log.With(zap.String("export", c.exp.cfg.Name), zap.Stringer("session", sess.token))
 	s.sessions[sess.token] = sess
 	c.sess = sess
+	c.exp.conns++
 	return sess, false, nil
 }
 
