@@ -64,6 +64,12 @@ type Config struct {
 	// accepts only clients configured with the same suite and key: any
 	// other client is refused at the handshake. Crypto.Rand is for tests.
 	Crypto crypto.Config
+	// CryptoPool, if set, seals READ replies whose payload is above
+	// crypto.DefaultInline on its workers, in parallel, while the
+	// connection's thread waits before the WRITEV; nil seals everything
+	// on the connection's thread. The caller owns the pool (closes it
+	// after the server).
+	CryptoPool *crypto.Pool
 
 	// counters shared by the server's connections (set by withDefaults)
 	counters *counters

@@ -124,6 +124,11 @@ type conn struct {
 	rframe  crypto.Frame                 // the request frame being opened
 	pframe  crypto.Frame                 // the WRITE frame whose payload is being received
 	pendHdr [wire.RequestHeaderSize]byte // and its header
+	// Replies sealed by Config.CryptoPool (crypto.go).
+	poolInline int
+	sealQ      *crypto.Queue
+	sealJobs   []crypto.Job
+	sealing    int
 }
 
 func newConn(s *Server, nc net.Conn, p peer) *conn {

@@ -68,6 +68,7 @@ func (c *conn) setSession(cs *crypto.Session) {
 	c.cs, c.tag = cs, 0
 	if cs != nil {
 		c.tag = cs.Send.TagSize()
+		c.poolInline = crypto.DefaultInline(cs.Suite)
 	}
 }
 
@@ -124,11 +125,39 @@ func (c *conn) openWrite(o *op) {
 	c.dispatchOp(o)
 }
 
-// sealReply protects one reply in place: hdr is its encoded header, body
-// its payload followed by TagSize bytes (a READ: the op's buffer), or nil
-// with the trailer in trl.
-func (c *conn) sealReply(hdr, payload, trl []byte) error {
-	return c.cs.Send.Seal(hdr, payload, trl)
+// sealReply protects reply i of the batch being flushed, in place: hdr is
+// its encoded header, payload its payload (a READ: the op's buffer, with
+// the trailer right after it) or nil, trl its trailer. The frame number is
+// taken here, in WRITEV order; a payload above the pool's inline
+// threshold is sealed by a worker (Config.CryptoPool), and sealWait waits
+// for those before the WRITEV.
+func (c *conn) sealReply(hdr, payload, trl []byte, i int) error {
+	pool := c.srv.cfg.CryptoPool
+	if pool == nil || len(payload) <= c.poolInline {
+		return c.cs.Send.Seal(hdr, payload, trl)
+	}
+	if c.sealQ == nil {
+		c.sealQ = pool.NewQueue(maxBatch, c.poolInline)
+		c.sealJobs = make([]crypto.Job, maxBatch)
+	}
+	j := &c.sealJobs[i]
+	var err error
+	if j.Frame, err = c.cs.Send.Next(len(payload)); err != nil {
+		return err
+	}
+	j.Hdr, j.Payload, j.Trailer, j.Body, j.Open = hdr, payload, trl, nil, false
+	c.sealQ.Submit(j)
+	c.sealing++
+	return nil
+}
+
+// sealWait waits for the replies sealed by the pool (the loop's thread
+// sleeps meanwhile: it has nothing to send before they are done).
+func (c *conn) sealWait() {
+	for ; c.sealing > 0; c.sealing-- {
+		j, _ := c.sealQ.Next()
+		j.Hdr, j.Payload, j.Trailer = nil, nil, nil
+	}
 }
 
 // dataBufSize is the buffer an op of length n needs: its payload and,

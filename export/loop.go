@@ -611,11 +611,12 @@ func (c *conn) flushOut() {
 		if c.tag > 0 {
 			var err error
 			if body != nil {
-				err = c.sealReply(h, body[:r.hdr.Length], body[r.hdr.Length:])
+				err = c.sealReply(h, body[:r.hdr.Length], body[r.hdr.Length:], i)
 			} else {
-				err = c.sealReply(h, nil, hdrs[end-c.tag:end])
+				err = c.sealReply(h, nil, hdrs[end-c.tag:end], i)
 			}
 			if err != nil { // 2^64 frames: cannot happen in practice
+				c.sealWait() // workers may still hold buffers of the batch
 				c.log.Warn("closing connection", zap.Error(err))
 				clear(iov)
 				c.iov = iov[:0]
@@ -644,6 +645,7 @@ func (c *conn) flushOut() {
 	rest := copy(c.out, c.out[n:])
 	clear(c.out[rest:])
 	c.out = c.out[:rest]
+	c.sealWait()
 	c.snd.Queue(iov...)
 	clear(iov)
 	c.iov = iov[:0]

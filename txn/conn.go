@@ -115,6 +115,11 @@ type Conn struct {
 	// its number, its header.
 	onSeal func(cs *crypto.Session, seq uint64, hdr []byte)
 	body   []byte // its payload ‖ trailer, before verification
+	// frames sealed by Options.CryptoPool
+	poolInline int
+	sealQ      *crypto.Queue
+	sealJobs   []crypto.Job
+	sealing    int
 
 	// from the dialer goroutine
 	mu      sync.Mutex
@@ -238,7 +243,8 @@ func (c *Conn) queue(rd *Ready) error {
 			}
 		}
 	} else {
-		c.arenaN = 0 // the previous WRITEV has completed
+		c.arenaN = 0       // the previous WRITEV has completed
+		defer c.sealWait() // before the WRITEV
 		for _, x := range rd.Send {
 			var payload []byte
 			if x.Op == wire.OpWrite {
@@ -282,17 +288,52 @@ func (c *Conn) seal(hdr, payload, trailer []byte) error {
 	}
 	if len(payload) > 0 && snd.Encrypts() {
 		out := c.take(len(payload) + c.tag)
-		c.sframe.SealTo(hdr, payload, out)
+		if c.pooled(hdr, payload, nil, out) {
+			c.sframe.SealTo(hdr, payload, out)
+		}
 		c.snd.Queue(hdr, out)
 		return nil
 	}
-	c.sframe.Seal(hdr, payload, trailer)
+	if c.pooled(hdr, payload, trailer, nil) {
+		c.sframe.Seal(hdr, payload, trailer)
+	}
 	if len(payload) > 0 {
 		c.snd.Queue(hdr, payload, trailer)
 	} else {
 		c.snd.Queue(hdr, trailer)
 	}
 	return nil
+}
+
+// pooled hands the frame just numbered (c.sframe) to the crypto pool if
+// there is one and its payload is above the inline threshold, and reports
+// whether the caller must seal it itself. Pooled frames are waited for by
+// sealWait before the WRITEV starts.
+func (c *Conn) pooled(hdr, payload, trailer, out []byte) bool {
+	pool := c.d.opts.CryptoPool
+	if pool == nil || len(payload) <= c.poolInline {
+		return true
+	}
+	if c.sealQ == nil {
+		n := c.e.cfg.Capacity + 2
+		c.sealQ = pool.NewQueue(n, c.poolInline)
+		c.sealJobs = make([]crypto.Job, n)
+	}
+	j := &c.sealJobs[c.sealing]
+	j.Frame = c.sframe
+	j.Hdr, j.Payload, j.Trailer, j.Body, j.Open = hdr, payload, trailer, out, false
+	c.sealQ.Submit(j)
+	c.sealing++
+	return false
+}
+
+// sealWait waits for the frames the pool seals (the ring's thread sleeps
+// meanwhile: it has nothing to send before they are done).
+func (c *Conn) sealWait() {
+	for ; c.sealing > 0; c.sealing-- {
+		j, _ := c.sealQ.Next()
+		j.Hdr, j.Payload, j.Trailer, j.Body = nil, nil, nil, nil
+	}
 }
 
 // take returns n bytes of the arena. A full arena is replaced (the slices
@@ -590,6 +631,7 @@ func (c *Conn) install(fd int, w *wire.Welcome, cs *crypto.Session) {
 	c.cs, c.tag = cs, 0
 	if cs != nil {
 		c.tag = cs.Send.TagSize()
+		c.poolInline = crypto.DefaultInline(cs.Suite)
 	}
 	c.snd = ringio.NewSender(fd, c.loop.UserData(udSend))
 	c.rcv = ringio.NewReceiver(fd, c.loop.UserData(udRecv), recvBufSize)

@@ -43,62 +43,75 @@ func cryptoCfg(s crypto.Suite) crypto.Config {
 // reading on each), and the frames really carry trailers (plaintext never
 // appears on the wire under AEAD).
 func TestClientCryptoRoundTrip(t *testing.T) {
-	for _, s := range crypto.Suites {
-		t.Run(s.String(), func(t *testing.T) {
-			path := exporttest.File(t, 4<<20)
-			cfg := exportCfg(path)
-			cfg.Crypto = cryptoCfg(s)
-			srv, addr := exporttest.Start(t, cfg, exporttest.TCP4)
-			// A tap between client and exporter records what the exporter
-			// receives.
-			tap := startTap(t, addr)
-			opts := fastOpts(tap.url + "/disk")
-			opts.Crypto = cryptoCfg(s)
-			c, err := Dial(context.Background(), opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if w := c.Welcome(); int(w.TagSize) != s.TagSize() {
-				t.Fatalf("WELCOME TAG_SIZE %d, want %d", w.TagSize, s.TagSize())
-			}
-			d := newBlockDev(c)
-			secret := bytes.Repeat([]byte("SECRET-PLAINTEXT"), 8<<10) // 128 KiB
-			small := bytes.Repeat([]byte("small-4k"), 512)
-			if err := d.write(1<<20, secret); err != nil {
-				t.Fatal(err)
-			}
-			if err := d.write(0, small); err != nil {
-				t.Fatal(err)
-			}
-			if err := d.do(wire.OpFlush, 0, 0, 0, nil); err != nil {
-				t.Fatal(err)
-			}
-			for _, x := range []struct {
-				off  uint64
-				want []byte
-			}{{1 << 20, secret}, {0, small}} {
-				got, err := d.read(x.off, len(x.want))
-				if err != nil || !bytes.Equal(got, x.want) {
-					t.Fatalf("read back at %d: %v equal %v", x.off, err, bytes.Equal(got, x.want))
-				}
-			}
-			if err := c.Close(ctx5s(t)); err != nil {
-				t.Fatalf("clean detach: %v", err)
-			}
-			disk, _ := os.ReadFile(path)
-			if !bytes.Equal(disk[1<<20:1<<20+len(secret)], secret) {
-				t.Fatal("exported file does not hold the data")
-			}
-			up, down := tap.recorded()
-			for _, b := range [][]byte{up, down} {
-				if got := bytes.Contains(b, []byte("SECRET-PLAINTEXT")); got == s.Keyed() {
-					t.Fatalf("%v: plaintext on the wire: %v", s, got)
-				}
-			}
-			if st := srv.CryptoStats(); st != (export.CryptoStats{}) {
-				t.Fatalf("crypto stats after a clean run: %+v", st)
-			}
-		})
+	for _, pooled := range []bool{false, true} {
+		for _, s := range crypto.Suites {
+			t.Run(fmt.Sprintf("%v/pool=%v", s, pooled), func(t *testing.T) { testCryptoRoundTrip(t, s, pooled) })
+		}
+	}
+}
+
+func testCryptoRoundTrip(t *testing.T, s crypto.Suite, pooled bool) {
+	path := exporttest.File(t, 4<<20)
+	cfg := exportCfg(path)
+	cfg.Crypto = cryptoCfg(s)
+	var cpool *crypto.Pool
+	if pooled {
+		// Each side seals its large payloads on a pool of its own.
+		cfg.CryptoPool = crypto.NewPool(crypto.PoolConfig{Min: 1, Max: 2})
+		cpool = crypto.NewPool(crypto.PoolConfig{Min: 1, Max: 2})
+		t.Cleanup(cfg.CryptoPool.Close)
+		t.Cleanup(cpool.Close)
+	}
+	srv, addr := exporttest.Start(t, cfg, exporttest.TCP4)
+	// A tap between client and exporter records what the exporter
+	// receives.
+	tap := startTap(t, addr)
+	opts := fastOpts(tap.url + "/disk")
+	opts.Crypto = cryptoCfg(s)
+	opts.CryptoPool = cpool
+	c, err := Dial(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := c.Welcome(); int(w.TagSize) != s.TagSize() {
+		t.Fatalf("WELCOME TAG_SIZE %d, want %d", w.TagSize, s.TagSize())
+	}
+	d := newBlockDev(c)
+	secret := bytes.Repeat([]byte("SECRET-PLAINTEXT"), 8<<10) // 128 KiB
+	small := bytes.Repeat([]byte("small-4k"), 512)
+	if err := d.write(1<<20, secret); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.write(0, small); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.do(wire.OpFlush, 0, 0, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []struct {
+		off  uint64
+		want []byte
+	}{{1 << 20, secret}, {0, small}} {
+		got, err := d.read(x.off, len(x.want))
+		if err != nil || !bytes.Equal(got, x.want) {
+			t.Fatalf("read back at %d: %v equal %v", x.off, err, bytes.Equal(got, x.want))
+		}
+	}
+	if err := c.Close(ctx5s(t)); err != nil {
+		t.Fatalf("clean detach: %v", err)
+	}
+	disk, _ := os.ReadFile(path)
+	if !bytes.Equal(disk[1<<20:1<<20+len(secret)], secret) {
+		t.Fatal("exported file does not hold the data")
+	}
+	up, down := tap.recorded()
+	for _, b := range [][]byte{up, down} {
+		if got := bytes.Contains(b, []byte("SECRET-PLAINTEXT")); got == s.Keyed() {
+			t.Fatalf("%v: plaintext on the wire: %v", s, got)
+		}
+	}
+	if st := srv.CryptoStats(); st != (export.CryptoStats{}) {
+		t.Fatalf("crypto stats after a clean run: %+v", st)
 	}
 }
 

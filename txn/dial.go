@@ -61,6 +61,11 @@ type Options struct {
 	// configured with the same suite (and key), or the handshake fails.
 	// Crypto.Rand is for tests.
 	Crypto crypto.Config
+	// CryptoPool, if set, seals WRITE payloads above crypto.DefaultInline
+	// on its workers, in parallel, while the ring's thread waits before the
+	// WRITEV; nil seals everything on the ring's thread. Shared by every
+	// queue of a Target; the caller closes it after the Client or Target.
+	CryptoPool *crypto.Pool
 
 	// onSeal: see Conn.onSeal (tests).
 	onSeal func(cs *crypto.Session, seq uint64, hdr []byte)
