@@ -3,6 +3,7 @@ module github.com/dst-dev/dst
 go 1.26.0
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/urfave/cli/v2 v2.27.7
 	github.com/zeebo/blake3 v0.2.4
 	go.uber.org/zap v1.28.0

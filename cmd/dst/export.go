@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -61,8 +62,16 @@ func exportCommand() *cli.Command {
 			"Exports are opened with O_DIRECT; add ,buffered for filesystems without it.\n" +
 			"SIGINT or SIGTERM stops it cleanly: in-flight requests finish and are answered,\n" +
 			"clients are told GOODBYE (they reconnect elsewhere or later), the exports are\n" +
-			"synced (at most 30s).",
+			"synced (at most 30s).\n\n" +
+			"--config FILE reads the settings from a TOML file (docs/dst-export.example.toml);\n" +
+			"the flags are applied on top: --listen, --export and --allow add to the file's lists,\n" +
+			"--allow-all, --name, --max-inflight, --max-transfer and the crypto flags override it.\n" +
+			"SIGHUP re-reads the file: the access list and the exports change without touching\n" +
+			"the other exports' sessions (connections whose access is reduced are closed, a\n" +
+			"removed export's connections are closed once their requests finish); other changes\n" +
+			"need a restart. A file that does not load keeps the running configuration.",
 		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "config", Usage: "read the settings from the TOML `FILE` (the flags add to or override it; SIGHUP reloads it)"},
 			&cli.GenericFlag{Name: "listen", Value: &multiFlag{},
 				Usage: "listen on `URL` (repeatable; default " + defaultListen + ")"},
 			&cli.GenericFlag{Name: "export", Value: &multiFlag{},
@@ -86,9 +95,16 @@ func exportConfig(c *cli.Context) (export.Config, []string, error) {
 	if c.NArg() > 0 {
 		return cfg, nil, usagef("export takes no arguments (got %q): use --export NAME=PATH", c.Args().First())
 	}
+	var file *exportFile // --config: the base the flags add to or override
+	if p := c.String("config"); p != "" {
+		var err error
+		if file, err = loadExportFile(p); err != nil {
+			return cfg, nil, err
+		}
+	}
 	exports := *c.Generic("export").(*multiFlag)
-	if len(exports) == 0 {
-		return cfg, nil, usagef("nothing to export: add --export NAME=PATH[,ro][,buffered]")
+	if len(exports) == 0 && (file == nil || len(file.exports) == 0) {
+		return cfg, nil, usagef("nothing to export: add --export NAME=PATH[,ro][,buffered] (or [[export]] in --config)")
 	}
 	seen := map[string]bool{}
 	for _, s := range exports {
@@ -116,6 +132,12 @@ func exportConfig(c *cli.Context) (export.Config, []string, error) {
 		}
 		cfg.Access.AllowAll = a
 	}
+	listens := []string(*c.Generic("listen").(*multiFlag))
+	if file != nil {
+		if err := mergeExportFile(file, &cfg, &listens, c.IsSet); err != nil {
+			return cfg, nil, err
+		}
+	}
 	if len(cfg.Access.Rules) == 0 && cfg.Access.AllowAll == export.Deny {
 		return cfg, nil, usageError{export.ErrNoACL}
 	}
@@ -123,7 +145,9 @@ func exportConfig(c *cli.Context) (export.Config, []string, error) {
 	if mi < 1 || mi > wire.MaxInflightLimit {
 		return cfg, nil, usagef("--max-inflight %d out of range: need 1..%d", mi, wire.MaxInflightLimit)
 	}
-	cfg.MaxInflight = uint32(mi)
+	if file == nil || file.maxInflight == 0 || c.IsSet("max-inflight") {
+		cfg.MaxInflight = uint32(mi)
+	}
 	mt, err := parseSize(c.String("max-transfer"))
 	if err != nil {
 		return cfg, nil, usagef("--max-transfer: %v", err)
@@ -131,7 +155,9 @@ func exportConfig(c *cli.Context) (export.Config, []string, error) {
 	if mt < 512 || mt > wire.MaxTransferLimit || mt%512 != 0 {
 		return cfg, nil, usagef("--max-transfer %s: need a multiple of 512 bytes from 512B to 32MiB", c.String("max-transfer"))
 	}
-	cfg.MaxTransfer = uint32(mt)
+	if file == nil || file.maxTransfer == 0 || c.IsSet("max-transfer") {
+		cfg.MaxTransfer = uint32(mt)
+	}
 	if n := c.String("name"); n != "" {
 		if len(n) > wire.MaxNameLen {
 			return cfg, nil, usagef("--name is %d bytes, at most %d", len(n), wire.MaxNameLen)
@@ -139,13 +165,14 @@ func exportConfig(c *cli.Context) (export.Config, []string, error) {
 		cfg.Name = n
 	}
 
-	if cfg.Crypto, err = cryptoConfig(c); err != nil { // for every export and client (PROTOCOL.md §8)
-		return cfg, nil, err
+	if file == nil || file.crypto == nil || c.IsSet("checksum") || c.IsSet("cipher") || c.IsSet("key-file") {
+		if cfg.Crypto, err = cryptoConfig(c); err != nil { // for every export and client (PROTOCOL.md §8)
+			return cfg, nil, err
+		}
 	}
 	if err := applyExportFaults(c, &cfg); err != nil {
 		return cfg, nil, err
 	}
-	listens := *c.Generic("listen").(*multiFlag)
 	for i, s := range listens {
 		u, err := transport.ParseURL(s)
 		if err != nil {
@@ -206,6 +233,7 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	reloader := &exportReloader{srv: srv, cfg: cfg, listens: slices.Clone(listens)}
 	defaulted := len(listens) == 0
 	if defaulted {
 		listens = []string{defaultListen}
@@ -237,6 +265,9 @@ func runExport(c *cli.Context) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	serveErr := make(chan error, len(lns))
 	for _, l := range lns {
@@ -249,13 +280,20 @@ func runExport(c *cli.Context) error {
 
 	var runErr error
 	pending := len(lns)
-	select {
-	case s := <-sigs:
-		log.Info("stopping exporter", zap.String("signal", s.String()))
-	case err := <-serveErr:
-		pending--
-		runErr = err
-		log.Error("listener failed; stopping exporter", zap.Error(err))
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			log.Info("stopping exporter", zap.String("signal", s.String()))
+			break wait
+		case err := <-serveErr:
+			pending--
+			runErr = err
+			log.Error("listener failed; stopping exporter", zap.Error(err))
+			break wait
+		case <-hup:
+			reloadExport(c, reloader)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), exportShutdownTimeout)
 	watched := make(chan struct{})
