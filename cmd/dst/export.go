@@ -75,7 +75,7 @@ func exportCommand() *cli.Command {
 			&cli.GenericFlag{Name: "listen", Value: &multiFlag{},
 				Usage: "listen on `URL` (repeatable; default " + defaultListen + ")"},
 			&cli.GenericFlag{Name: "export", Value: &multiFlag{},
-				Usage: "serve `NAME=PATH[,ro][,buffered]`: the file or block device PATH as export NAME; ro: read-only, buffered: no O_DIRECT (repeatable, at least one)"},
+				Usage: "serve `NAME=PATH[,ro][,buffered]`: the file or block device PATH as export NAME; ro: read-only, buffered: no O_DIRECT (repeatable; at least one, here or in --config)"},
 			&cli.GenericFlag{Name: "allow", Value: &multiFlag{},
 				Usage: "admit `CIDR=rw|ro`: clients in CIDR (an address alone is /32 or /128) read-write or read-only; unix=rw|ro for Unix-socket clients (repeatable)"},
 			&cli.StringFlag{Name: "allow-all", Usage: "admit every client no --allow rule matches, `rw|ro`"},

@@ -66,8 +66,8 @@ func deviceFlags() []cli.Flag {
 		&cli.IntFlag{Name: "id", Value: -1, Usage: "device id (default: the kernel picks)"},
 		&cli.StringFlag{Name: "max-io", Usage: "largest request size (default 512KiB)"},
 		&cli.BoolFlag{Name: "user-copy", Usage: "move data with pread/pwrite on /dev/ublkcN (UBLK_F_USER_COPY)"},
-		&cli.BoolFlag{Name: "recoverable", Usage: "keep the device when this daemon dies (I/O waits) until `dst recover ID` serves it again (UBLK_F_USER_RECOVERY, Linux 6.1+)"},
-		&cli.BoolFlag{Name: "keep-device", Usage: "on SIGTERM/SIGINT leave the device quiesced for `dst recover` (a planned upgrade) instead of removing it; needs --recoverable"},
+		&cli.BoolFlag{Name: "recoverable", Usage: "keep the device when this daemon dies (I/O waits) until dst recover ID serves it again (UBLK_F_USER_RECOVERY, Linux 6.1+)"},
+		&cli.BoolFlag{Name: "keep-device", Usage: "on SIGTERM/SIGINT leave the device quiesced for dst recover (a planned upgrade) instead of removing it; needs --recoverable"},
 	}
 }
 
