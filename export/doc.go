@@ -141,6 +141,10 @@
 //   - rule 5: replies go to the session's current connection; while it
 //     has none, results stay in the record for the resend.
 //
+// Exports can be added and removed while serving (reload.go: AddExport,
+// RemoveExport); removing one forgets its sessions, closes their
+// connections and closes the file once the last of them has ended.
+//
 // A detached session is kept for SessionLinger (and while it has I/O
 // executing), then forgotten; at most 4096 sessions are held, beyond
 // which a new session forgets the detached one, with nothing executing,
@@ -180,7 +184,8 @@
 //     without a handshake (§2.6). The list is checked again at every
 //     handshake, and SetAccess can change it, so a connection accepted
 //     before a change, or a resume from a peer that lost its right, gets
-//     REFUSE ACCESS_DENIED.
+//     REFUSE ACCESS_DENIED. SetAccess also closes the established
+//     connections whose access the new list reduces (reload.go).
 //   - Features in effect are CLIENT_FEATURES ∩ what the export can do
 //     (backend Caps; RESUME always). A read-only session of a writable
 //     export keeps them (writes are refused with EPERM); a read-only
