@@ -45,9 +45,11 @@ fi
 eio_at="? (no I/O error line in dmesg)"
 [ -z "$t_eio" ] || eio_at="$(secs "$t_kill" "$t_eio")s"
 report "failure detection: first EIO at the block layer ${eio_at} after the exporter was killed, fio exited with EIO after ${took}s (bound: timeout ${timeout_s}s x (retries $retries + 1) + ping ${ping_s}s = ${bound}s)"
-# The bound, plus slack for the emulated guest (and fio's own exit).
-[ -z "$t_eio" ] || awk -v t="${eio_at%s}" -v b="$bound" 'BEGIN {exit !(t <= b + 1)}' ||
-	fail "the first EIO came ${eio_at} after the kill, bound ${bound}s (+1s slack)"
+# The bound, plus slack for the emulated guest (and fio's own exit): the
+# engine counts time in ticks of its own goroutine, which a loaded TCG
+# guest runs late (measured: 3.1 s idle, 4.3 s with another guest running).
+[ -z "$t_eio" ] || awk -v t="${eio_at%s}" -v b="$bound" 'BEGIN {exit !(t <= b + 1.5)}' ||
+	fail "the first EIO came ${eio_at} after the kill, bound ${bound}s (+1.5s slack)"
 awk -v t="$took" -v b="$bound" 'BEGIN {exit !(t <= b + 3)}' || fail "fio's EIO took ${took}s, bound ${bound}s (+3s slack)"
 
 t0=$(now)
