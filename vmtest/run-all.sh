@@ -75,6 +75,13 @@ for f in $(ls "$dir"/*.sh 2>/dev/null | LC_ALL=C sort); do
 	# anything the scenario left running in its process group goes too
 	kill -KILL "-$pid" 2>/dev/null
 	secs=$(elapsed "$start")
+	# Free the scenario's scratch space now: /tmp is a tmpfs of half the
+	# guest's memory, and the backing files of a whole run do not fit in
+	# it (a scenario that cannot even create its log fails with no
+	# output). Mounts left inside it go first; its log is kept.
+	grep -F " $VMTEST_TMP/" /proc/mounts | awk '{print $2}' | sort -r |
+		while read -r m; do umount -l "$m" 2>/dev/null || true; done
+	rm -rf "$VMTEST_TMP"
 
 	if [ -e "$flag" ]; then
 		rc=124
