@@ -31,6 +31,12 @@ _VMTEST_HOOKS=$VMTEST_TMP/.hooks  # on_exit commands, run last-first
 : >"$_VMTEST_HOOKS"
 
 log() { echo "[$(awk '{print $1}' /proc/uptime)] $*"; }
+# report: log, and show the line on the console as VMTEST-INFO (figures
+# that a run reports: timings, counts).
+report() {
+	log "$*"
+	echo "VMTEST-INFO $VMTEST_NAME: $*" >/dev/console 2>/dev/null || true
+}
 fail() { echo "ERROR: $*" >&2; exit 1; }
 skip() { echo "SKIP: $*"; exit 77; }
 need_cmd() { for _c; do command -v "$_c" >/dev/null || skip "$_c not in the guest image"; done; }

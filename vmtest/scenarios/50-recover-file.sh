@@ -30,7 +30,7 @@ bg_alive probe || fail "the reader saw an I/O error: $(tail -n 2 "$VMTEST_TMP/pr
 epoch=$(jq .epoch "$rec")
 [ "$epoch" = 5 ] || fail "record epoch $epoch after 5 recoveries, want 5"
 [ "$(jq .pid "$rec")" = "$(bg_pid "$served")" ] || fail "record pid $(jq .pid "$rec") is not the serving daemon's $(bg_pid "$served")"
-log "timings: $(timing_summary)"
+report "timings: $(timing_summary)"
 stop_bg probe TERM 5 || true
 stop_bg "$served" TERM 30 || fail "the last dst recover did not exit cleanly on SIGTERM"
 wait_for_gone "$dev" 10

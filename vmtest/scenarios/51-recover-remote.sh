@@ -42,7 +42,7 @@ bg_alive exp || fail "the exporter died"
 [ "$(jq .epoch "$rec")" = 5 ] || fail "record epoch $(jq .epoch "$rec") after 5 recoveries, want 5"
 n=$(cat "$VMTEST_TMP"/rec*.log | grep -c "not resumed\|no longer holds the session" || true)
 [ "$n" = 0 ] || fail "$n sessions were not resumed: $(grep -h "not resumed\|no longer holds" "$VMTEST_TMP"/rec*.log | head -n 2)"
-log "timings: $(timing_summary)"
+report "timings: $(timing_summary)"
 stop_bg probe TERM 5 || true
 stop_bg "$served" TERM 30 || fail "the last dst recover did not exit cleanly on SIGTERM"
 wait_for_gone "$dev" 10

@@ -64,7 +64,7 @@ log "exporter A back"
 wait "$fio_pid" || { tail -n 20 "$VMTEST_TMP/fio1.err"; fail "fio on the array failed during a short outage"; }
 [ "$(jq '.jobs[0].error' "$VMTEST_TMP/fio1.json")" = 0 ] || fail "fio reported errors"
 sA=$(member_state "$devA"); sB=$(member_state "$devB")
-log "after the short outage: $devA $sA, $devB $sB"
+report "after the short outage: $devA $sA, $devB $sB"
 case "$sA$sB" in *faulty*|*removed*) fail "a member was failed by a short outage: $devA $sA, $devB $sB" ;; esac
 grep -q '\[UU\]' /proc/mdstat || fail "array degraded after a short outage: $(cat /proc/mdstat)"
 
@@ -103,7 +103,7 @@ i=0
 until grep -q '\[UU\]' /proc/mdstat && ! grep -q recovery /proc/mdstat; do
 	i=$((i + 1)); [ $i -le 600 ] || fail "resync did not finish: $(cat /proc/mdstat)"; sleep 0.2
 done
-log "resynced: $(grep -A1 '^md0' /proc/mdstat | tail -n 1 | tr -s ' ')"
+report "resynced: $(grep -A1 '^md0' /proc/mdstat | tail -n 1 | tr -s ' ')"
 (cd "$VMTEST_TMP/mnt" && sha256sum -c "$VMTEST_TMP/sums") >/dev/null || fail "files differ after resync"
 umount "$VMTEST_TMP/mnt"
 e2fsck -fn /dev/md0 >/dev/null 2>&1 || fail "e2fsck on the array is not clean"
@@ -117,4 +117,4 @@ sumB=$(dd if="$devB" bs=64k skip=$((off / 128)) iflag=direct status=none | sha25
 [ "$sumA" = "$sumB" ] || fail "members differ after the resync"
 stop_bg attA TERM 30 || true
 stop_bg attB TERM 30 || true
-log "RAID1 over two remote devices: survived a short outage undegraded, degraded and resynced after a long one"
+report "RAID1 over two remote devices: survived a short outage undegraded, degraded and resynced after a long one"
