@@ -1,14 +1,7 @@
 # vmtest/scenarios/4-fault-lib.sh - helpers of the 4x-fault scenarios.
 # Sourced after /tests/lib.sh and /tests/scenarios/5-recover-lib.sh (now,
 # secs, dev_of, probe_start, flow_after, fio_bg, fio_check), never run by
-# itself: keep it non-executable.
-
-# report MSG: a result line in the scenario log and, as "VMTEST-INFO NAME:
-# MSG", on the console, where run.sh shows it.
-report() {
-	log "$*"
-	echo "VMTEST-INFO $VMTEST_NAME: $*" >/dev/console 2>/dev/null || true
-}
+# itself: keep it non-executable. report() is lib.sh's.
 
 # start_exporter NAME [ARGS...]: dst export of $backing as "disk" on
 # 127.0.0.1:10811 (127.0.0.1 read-write), run as daemon NAME; returns once
