@@ -75,6 +75,8 @@ if [ "$setup" = 1 ]; then "$HERE/setup.sh"; fi
 t_setup=$(t_since "$t0")
 
 [ ! -x "$REPO/bin/dst" ] || mkargs+=(--extra "$REPO/bin/dst")
+# the start script of dst-attach@.service (scenario 54)
+[ ! -x "$REPO/dist/systemd/dst-attach-unit" ] || mkargs+=(--extra "$REPO/dist/systemd/dst-attach-unit")
 t1=$(t_now)
 initrd=$(mktemp "$DST_VM_CACHE/initramfs.XXXXXX.cpio")
 fifo=$(mktemp -u "${TMPDIR:-/tmp}/vmtest-console.XXXXXX")
