@@ -8,7 +8,7 @@
 # checksums on both sides, a proxy that flips bits (2% of the chunks it
 # forwards, either way, headers included): fio verify must still see
 # only its own data.
-# timeout: 180
+# timeout: 240
 set -eu
 . /tests/lib.sh
 # shellcheck source=5-recover-lib.sh
@@ -34,9 +34,9 @@ run_bg att "$DST" attach --timeout 2s --retries 15 --ping 1s dst://127.0.0.1:108
 dev=$(dev_of att)
 
 t0=$(now)
-fio_bg 1 "$dev" 12M
+fio_bg 1 "$dev" 8M
 fio_check 1
-fio_bg 2 "$dev" 24M --rw=write --bs=64k
+fio_bg 2 "$dev" 16M --rw=write --bs=64k
 fio_check 2
 took=$(secs "$t0" "$(now)")
 stop_bg att TERM 30 || fail "dst attach did not exit cleanly"
