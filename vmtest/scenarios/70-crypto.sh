@@ -33,10 +33,12 @@ exporter() {
 	done
 }
 
-# attach NAME URL ARGS...: dst attach in the background; sets dev.
+# attach NAME URL ARGS...: dst attach in the background (--timeout and
+# --retries from ATTACH_RETRY); sets dev.
 attach() {
 	_n=$1 _url=$2; shift 2
-	run_bg "$_n" "$DST" attach --timeout 2s --retries 20 "$@" "$_url"
+	# shellcheck disable=SC2086 # ATTACH_RETRY is a list of arguments
+	run_bg "$_n" "$DST" attach ${ATTACH_RETRY:---timeout 2s --retries 20} "$@" "$_url"
 	_i=0
 	until dev=$(grep -m 1 -E '^/dev/ublkb[0-9]+$' "$VMTEST_TMP/$_n.log") && [ -b "$dev" ]; do
 		bg_alive "$_n" || fail "dst attach $* exited: $(tail -n 2 "$VMTEST_TMP/$_n.log")"
@@ -105,7 +107,7 @@ for suite in "--checksum crc32c" "--cipher aes-256-gcm --key-file $key"; do
 		sleep 0.05
 	done
 	# shellcheck disable=SC2086
-	attach attc$port "dst://127.0.0.1:$((port + 100))/disk" --timeout 1s --retries 60 $suite
+	ATTACH_RETRY="--timeout 1s --retries 60" attach attc$port "dst://127.0.0.1:$((port + 100))/disk" $suite
 	FIO_VERIFY_SIZE=2M fio_verify "$dev" 4k 8 || fail "fio verify through a corrupting proxy with $suite"
 	detach attc$port
 	flips=$(grep -c 'corrupt' "$VMTEST_TMP/proxy$port.log" || true)
@@ -113,6 +115,6 @@ for suite in "--checksum crc32c" "--cipher aes-256-gcm --key-file $key"; do
 	stop_bg proxy$port TERM 10 || true
 	stop_bg expc$port TERM 30 || fail "dst export ($suite, proxy) did not exit cleanly"
 	[ "$flips" -gt 0 ] || fail "the proxy flipped no bit: the run did not test anything"
-	log "$suite through dst proxy --corrupt 0.02: fio verify OK ($flips bits flipped; $stats)"
+	report "${suite%% --key-file*} through dst proxy --corrupt 0.02: fio verify OK ($flips bits flipped; $stats)"
 done
 log "crypto: OK"
