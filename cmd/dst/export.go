@@ -53,6 +53,9 @@ func exportCommand() *cli.Command {
 			"address: dst://127.0.0.1:10811, dst://[::1]:10811, dst+unix:///run/dst.sock; port 0 picks\n" +
 			"a free port. One line per listener is printed on stdout once it is ready:\n" +
 			"\"listening URL\" with the real address.\n\n" +
+			"--nbd-listen URL serves the same exports, with the same access list, to standard NBD\n" +
+			"clients (nbdinfo, nbdcopy, qemu, fio, nbd-client): nbd://0.0.0.0:10809, nbd://[::]:10809,\n" +
+			"nbd+unix:///?socket=/run/dst-nbd.sock. With only --nbd-listen there is no DST listener.\n\n" +
 			"An access list is required: --allow CIDR=rw|ro for IP clients (the most specific\n" +
 			"prefix wins), or --allow-all=rw|ro to admit everyone. Clients not on it are\n" +
 			"disconnected before the handshake. Unix-socket clients are admitted by the socket\n" +
@@ -74,6 +77,8 @@ func exportCommand() *cli.Command {
 			&cli.StringFlag{Name: "config", Usage: "read the settings from the TOML `FILE` (the flags add to or override it; SIGHUP reloads it)"},
 			&cli.GenericFlag{Name: "listen", Value: &multiFlag{},
 				Usage: "listen on `URL` (repeatable; default " + defaultListen + ")"},
+			&cli.GenericFlag{Name: "nbd-listen", Value: &multiFlag{},
+				Usage: "also serve the exports to NBD clients on `URL`: nbd://HOST[:PORT] (port 10809 by default), nbd://[V6]:PORT, nbd+unix:///?socket=/PATH (repeatable)"},
 			&cli.GenericFlag{Name: "export", Value: &multiFlag{},
 				Usage: "serve `NAME=PATH[,ro][,buffered]`: the file or block device PATH as export NAME; ro: read-only, buffered: no O_DIRECT (repeatable; at least one, here or in --config)"},
 			&cli.GenericFlag{Name: "allow", Value: &multiFlag{},
@@ -91,6 +96,28 @@ func exportCommand() *cli.Command {
 // exportConfig turns the command line into an export.Config, checking
 // everything that can be checked without opening files.
 func exportConfig(c *cli.Context) (export.Config, []string, error) {
+	cfg, listens, _, err := exportConfigNBD(c)
+	return cfg, listens, err
+}
+
+// exportConfigNBD is exportConfig with the --nbd-listen URLs, parsed.
+func exportConfigNBD(c *cli.Context) (export.Config, []string, []*transport.URL, error) {
+	cfg, listens, err := exportConfigDST(c)
+	if err != nil {
+		return cfg, nil, nil, err
+	}
+	var nbdURLs []*transport.URL
+	for _, s := range *c.Generic("nbd-listen").(*multiFlag) {
+		u, err := export.ParseNBDListenURL(s)
+		if err != nil {
+			return cfg, nil, nil, usagef("--nbd-listen: %v", err)
+		}
+		nbdURLs = append(nbdURLs, u)
+	}
+	return cfg, listens, nbdURLs, nil
+}
+
+func exportConfigDST(c *cli.Context) (export.Config, []string, error) {
 	var cfg export.Config
 	if c.NArg() > 0 {
 		return cfg, nil, usagef("export takes no arguments (got %q): use --export NAME=PATH", c.Args().First())
@@ -224,7 +251,7 @@ func parseExport(s string) (export.ExportConfig, error) {
 }
 
 func runExport(c *cli.Context) error {
-	cfg, listens, err := exportConfig(c)
+	cfg, listens, nbdURLs, err := exportConfigNBD(c)
 	if err != nil {
 		return err
 	}
@@ -234,7 +261,7 @@ func runExport(c *cli.Context) error {
 		return err
 	}
 	reloader := &exportReloader{srv: srv, cfg: cfg, listens: slices.Clone(listens)}
-	defaulted := len(listens) == 0
+	defaulted := len(listens) == 0 && len(nbdURLs) == 0
 	if defaulted {
 		listens = []string{defaultListen}
 	}
@@ -261,6 +288,18 @@ func runExport(c *cli.Context) error {
 		lns = append(lns, l)
 		bound = append(bound, u.String())
 	}
+	nDST := len(lns)
+	for _, nu := range nbdURLs {
+		l, err := transport.ListenURL(c.Context, nu, transport.Options{})
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("--nbd-listen %s: %w", export.NBDURL(nu), err)
+		}
+		lns = append(lns, l)
+		bu := *nu
+		bu.Address = l.Addr().String()
+		bound = append(bound, export.NBDURL(&bu))
+	}
 
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -270,8 +309,12 @@ func runExport(c *cli.Context) error {
 	defer signal.Stop(hup)
 
 	serveErr := make(chan error, len(lns))
-	for _, l := range lns {
-		go func() { serveErr <- srv.Serve(context.Background(), l) }()
+	for i, l := range lns {
+		if i < nDST {
+			go func() { serveErr <- srv.Serve(context.Background(), l) }()
+		} else {
+			go func() { serveErr <- srv.ServeNBD(context.Background(), l) }()
+		}
 	}
 	for _, u := range bound {
 		fmt.Printf("listening %s\n", u)
