@@ -81,6 +81,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -249,6 +250,7 @@ func (c *nbdConn) serve() {
 	if !c.handshake() {
 		return
 	}
+	defer s.unpinExport(c.exp) // pinned by the handshake (reload.go)
 	depth := min(int(s.cfg.MaxInflight), 128)
 	w, err := backend.NewWorker(depth)
 	if err != nil {
@@ -306,6 +308,10 @@ func (c *nbdConn) handshake() bool {
 		return false
 	}
 	e := c.srv.lookupNBD(neg.Export.Name)
+	if e == nil || !c.srv.pinExport(e) { // removed by a reload meanwhile
+		c.log.Info("NBD handshake: the export was removed", zap.String("export", neg.Export.Name))
+		return false
+	}
 	access, _ := c.srv.acl.Load().lookup(c.peer)
 	c.exp, c.neg = e, neg
 	c.readOnly = neg.Export.Flags&nbd.FlagReadOnly != 0 || access != ReadWrite
@@ -325,6 +331,8 @@ func (c *nbdConn) handshake() bool {
 // lookupNBD finds an export by NBD name: the empty name (the NBD default
 // export) is the only export when there is exactly one.
 func (s *Server) lookupNBD(name string) *export {
+	s.mu.Lock() // exports change on reloads (reload.go)
+	defer s.mu.Unlock()
 	if name == "" && len(s.list) == 1 {
 		return s.list[0]
 	}
@@ -334,8 +342,12 @@ func (s *Server) lookupNBD(name string) *export {
 type nbdHandler struct{ c *nbdConn }
 
 func (h nbdHandler) Exports() []nbd.ExportInfo {
-	out := make([]nbd.ExportInfo, 0, len(h.c.srv.list))
-	for _, e := range h.c.srv.list {
+	s := h.c.srv
+	s.mu.Lock() // exports change on reloads (reload.go)
+	list := slices.Clone(s.list)
+	s.mu.Unlock()
+	out := make([]nbd.ExportInfo, 0, len(list))
+	for _, e := range list {
 		out = append(out, h.c.info(e))
 	}
 	return out

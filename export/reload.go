@@ -193,6 +193,35 @@ func (s *Server) RemoveExport(ctx context.Context, name string) error {
 	}
 }
 
+// pinExport counts a connection that does not attach a DST session (an
+// NBD client) as a user of e, so that RemoveExport does not close the file
+// under it. It fails if e was removed. Such connections are not closed by
+// RemoveExport: the file is closed when the last of them ends.
+func (s *Server) pinExport(e *export) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.removed {
+		return false
+	}
+	e.conns++
+	return true
+}
+
+// unpinExport ends a user of e (pinExport, or a DST connection attached to
+// a session of e); the last user of a removed export closes it.
+func (s *Server) unpinExport(e *export) {
+	s.mu.Lock()
+	e.conns--
+	last := e.removed && e.conns == 0 && !e.closing
+	if last {
+		e.closing = true
+	}
+	s.mu.Unlock()
+	if last {
+		s.closeRemoved(e)
+	}
+}
+
 // closeRemoved syncs and closes a removed export once nothing uses it.
 func (s *Server) closeRemoved(e *export) error {
 	err := e.close()

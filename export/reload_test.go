@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/dst-dev/dst/export"
 	"github.com/dst-dev/dst/export/exporttest"
+	"github.com/dst-dev/dst/internal/nbd"
 	"github.com/dst-dev/dst/internal/wire"
 )
 
@@ -217,5 +219,62 @@ func TestRemoveIdleExport(t *testing.T) {
 	}
 	if err := srv.RemoveExport(context.Background(), "nope"); err == nil {
 		t.Fatal("removing an unknown export succeeded")
+	}
+}
+
+// openFD reports whether this process has path open.
+func openFD(t *testing.T, path string) bool {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && l == path {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRemoveExportNBD: an NBD client keeps a removed export's file open
+// (RemoveExport does not close NBD connections, and never closes the file
+// under one): its requests go on, new NBD handshakes for the export fail,
+// and the file is closed once the client has gone.
+func TestRemoveExportNBD(t *testing.T) {
+	path, path2 := exporttest.File(t, testSize), exporttest.File(t, testSize)
+	cfg := config(path)
+	cfg.Exports = append(cfg.Exports, export.ExportConfig{Name: "disk2", Path: path2})
+	srv, addr := startNBD(t, cfg)
+	c := dialNBD(t, addr, nbd.ClientOptions{Export: "disk2", Structured: true, BlockSize: true})
+	a := pattern(bs, 44)
+	if r := c.do(req(nbd.CmdWrite, 1, 0, bs), a); r.errno != 0 {
+		t.Fatalf("write: %v", r.errno)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := srv.RemoveExport(ctx, "disk2"); err == nil {
+		t.Fatal("RemoveExport returned nil while an NBD client uses the export")
+	}
+	if r := c.do(req(nbd.CmdRead, 2, 0, bs), nil); r.errno != 0 || !bytes.Equal(r.data, a) {
+		t.Fatalf("read on the NBD connection of the removed export: %v", r.errno)
+	}
+	if !openFD(t, path2) {
+		t.Fatal("the removed export's file was closed under its NBD client")
+	}
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, _, err := nbd.ClientGo(nc, nbd.ClientOptions{Export: "disk2", Structured: true}); err == nil {
+		t.Fatal("an NBD handshake for a removed export succeeded")
+	}
+	c.send(nbd.Request{Type: nbd.CmdDisc, Cookie: 3}, nil)
+	c.expectClosed()
+	waitFor(t, 5*time.Second, "the removed export's file to be closed", func() bool { return !openFD(t, path2) })
+	if !openFD(t, path) {
+		t.Fatal("the other export's file was closed")
 	}
 }

@@ -272,18 +272,10 @@ func (s *Server) accept(nc net.Conn) {
 func (s *Server) unregister(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
-	var last *export
-	if c.sess != nil { // attached: counted in its export's conns
-		e := c.exp
-		e.conns--
-		if e.removed && e.conns == 0 && !e.closing {
-			e.closing = true
-			last = e
-		}
-	}
+	attached := c.sess != nil // counted in its export's conns
 	s.mu.Unlock()
-	if last != nil {
-		s.closeRemoved(last)
+	if attached {
+		s.unpinExport(c.exp)
 	}
 }
 
