@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Host benchmark of issue 7: the same fio jobs through fio's nbd engine
+# against four NBD servers serving the same backing file on the real disk:
+# dst export --nbd-listen, nbdkit file (cache=none), qemu-nbd (aio=io_uring,
+# cache=none; aio=native where io_uring is missing) and nbd-server.
+# Jobs: 4k randread and randwrite at depth 1 and 32, 128k sequential read
+# and write at depth 8, RUNTIME seconds each (default 5). Prints a markdown
+# table: IOPS, MB/s, p99 completion latency and the ratio of dst to the
+# best peer; OUT=FILE also writes it there.
+#
+#   scripts/bench-nbd.sh                  # builds bin/dst if needed
+#   RUNTIME=10 SIZE=1G DIR=/var/tmp scripts/bench-nbd.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNTIME=${RUNTIME:-5}
+SIZE=${SIZE:-512M}
+DIR=${DIR:-/var/tmp}
+OUT=${OUT:-}
+PORT0=${PORT0:-10950}
+
+for t in fio nbdkit qemu-nbd nbd-server python3; do
+	command -v "$t" >/dev/null || { echo "bench-nbd.sh: $t is missing: run scripts/deps.sh as root" >&2; exit 1; }
+done
+fio --enghelp 2>&1 | grep -qw nbd || { echo "bench-nbd.sh: this fio has no nbd engine" >&2; exit 1; }
+if [ ! -x bin/dst ] || [ -n "$(find cmd export internal transport -newer bin/dst -name '*.go' 2>/dev/null | head -1)" ]; then
+	PATH=$PATH:/usr/local/go/bin make -s build
+fi
+
+work=$(mktemp -d "$DIR/dst-bench-nbd.XXXXXX")
+img=$work/disk.img
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$work"
+}
+trap cleanup EXIT
+# A fully allocated file, so that reads hit the disk and writes overwrite.
+fallocate -l "$SIZE" "$img"
+dd if=/dev/urandom of="$img" bs=1M count="$(( $(stat -c %s "$img") >> 20 ))" conv=notrunc status=none
+
+wait_port() {
+	for _ in $(seq 100); do
+		(exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "bench-nbd.sh: nothing listens on port $1" >&2
+	return 1
+}
+
+# start NAME: starts one server in the background, sets uri.
+start() {
+	local port=$((PORT0 + ${#pids[@]}))
+	case $1 in
+	dst)
+		bin/dst --log-level warn export --export "disk=$img" --allow-all=rw --nbd-listen "nbd://127.0.0.1:$port" \
+			>"$work/dst.out" 2>"$work/dst.err" &
+		uri=nbd://127.0.0.1:$port/disk ;;
+	nbdkit)
+		nbdkit -f --ipaddr 127.0.0.1 --port "$port" file "file=$img" cache=none 2>"$work/nbdkit.err" &
+		uri=nbd://127.0.0.1:$port/ ;;
+	qemu-nbd)
+		local aio=io_uring
+		qemu-nbd --help | grep -q io_uring || aio=native
+		qemu-nbd -f raw --aio=$aio --cache=none -t -e 8 -b 127.0.0.1 -p "$port" -x disk "$img" 2>"$work/qemu-nbd.err" &
+		uri=nbd://127.0.0.1:$port/disk ;;
+	nbd-server)
+		printf '[generic]\n\tlistenaddr = 127.0.0.1\n\tport = %s\n[disk]\n\texportname = %s\n' "$port" "$img" >"$work/nbd-server.conf"
+		# It daemonizes (its -d mode serves a single connection): the pid
+		# comes from its pid file.
+		nbd-server -C "$work/nbd-server.conf" -p "$work/nbd-server.pid" 2>"$work/nbd-server.err"
+		for _ in $(seq 50); do [ -s "$work/nbd-server.pid" ] && break; sleep 0.1; done
+		pids+=("$(cat "$work/nbd-server.pid")")
+		uri=nbd://127.0.0.1:$port/disk
+		wait_port "$port"
+		return ;;
+	esac
+	pids+=($!)
+	wait_port "$port"
+}
+
+jobs=("randread-4k-qd1 randread 4k 1" "randread-4k-qd32 randread 4k 32"
+	"randwrite-4k-qd1 randwrite 4k 1" "randwrite-4k-qd32 randwrite 4k 32"
+	"read-128k-qd8 read 128k 8" "write-128k-qd8 write 128k 8")
+servers=(dst nbdkit qemu-nbd nbd-server)
+results=$work/results.tsv
+: >"$results"
+for s in "${servers[@]}"; do
+	start "$s"
+	for j in "${jobs[@]}"; do
+		read -r name rw bs qd <<<"$j"
+		fio --name="$name" --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$qd" \
+			--runtime="$RUNTIME" --time_based --ramp_time=1 --output-format=json --output="$work/$s-$name.json" &>"$work/$s-$name.err" ||
+			{ echo "bench-nbd.sh: fio $name against $s failed:" >&2; cat "$work/$s-$name.err" >&2; exit 1; }
+		python3 - "$work/$s-$name.json" "$s" "$name" >>"$results" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]
+d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+p99 = d["clat_ns"].get("percentile", {}).get("99.000000", 0) / 1000
+print(f"{sys.argv[2]}\t{sys.argv[3]}\t{d['iops']:.0f}\t{d['bw_bytes']/1e6:.1f}\t{p99:.0f}")
+PY
+		echo "bench-nbd.sh: $s $name done" >&2
+	done
+	kill "${pids[-1]}"
+	wait "${pids[-1]}" 2>/dev/null || true
+done
+
+table=$(python3 - "$results" "$RUNTIME" "$SIZE" <<'PY'
+import sys, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+by = collections.defaultdict(dict)
+for s, job, iops, mbs, p99 in rows:
+    by[job][s] = (float(iops), float(mbs), float(p99))
+servers = ["dst", "nbdkit", "qemu-nbd", "nbd-server"]
+print(f"fio nbd engine, {sys.argv[2]} s per job, {sys.argv[3]} file; IOPS / MB/s / p99 µs; ratio = dst IOPS / best peer IOPS")
+print()
+print("| job | " + " | ".join(servers) + " | dst / best peer |")
+print("|---|" + "---|" * (len(servers) + 1))
+for job in by:
+    cells = []
+    for s in servers:
+        i, m, p = by[job].get(s, (0, 0, 0))
+        cells.append(f"{i:,.0f} / {m:.1f} / {p:.0f}")
+    best = max(by[job].get(s, (0,))[0] for s in servers[1:]) or 1
+    print(f"| {job} | " + " | ".join(cells) + f" | {by[job]['dst'][0] / best:.2f}× |")
+PY
+)
+echo "$table"
+[ -z "$OUT" ] || echo "$table" >"$OUT"
