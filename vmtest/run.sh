@@ -16,7 +16,7 @@
 #
 # Env: ACCEL (tcg|kvm, default tcg), VM_MEM (2G), VM_SMP (2),
 #      VM_CPU (qemu -cpu; default max for tcg, host for kvm),
-#      VM_TIMEOUT (900 s, whole VM run; the guest watchdog fires 15 s
+#      VM_TIMEOUT (1800 s, whole VM run; the guest watchdog fires 15 s
 #      earlier, or at VM_GUEST_TIMEOUT), DST_VM_CACHE (<repo>/.cache/vm),
 #      BENCH_RUNTIME (8 s per bench job), VMTEST_OUT (vmtest/out),
 #      BENCH_JOBS, BENCH_SIZE, FIO_VERIFY_SIZE (passed on to the guest),
@@ -33,7 +33,7 @@ OUTDIR=${VMTEST_OUT:-$HERE/out}
 ACCEL=${ACCEL:-tcg}
 VM_MEM=${VM_MEM:-2G}
 VM_SMP=${VM_SMP:-2}
-VM_TIMEOUT=${VM_TIMEOUT:-900}
+VM_TIMEOUT=${VM_TIMEOUT:-1800}
 BENCH_RUNTIME=${BENCH_RUNTIME:-8}
 
 mode=test tests="" verbose=0 setup=1
