@@ -34,7 +34,10 @@ type Options struct {
 	Capacity int
 	ReadOnly bool   // ask for a read-only session
 	Name     string // client name sent to the exporter (default hostname)
-	// HandshakeTimeout bounds dial + handshake (default 10s).
+	// HandshakeTimeout bounds dial + handshake (default: Timeout, at
+	// least 1s and at most 10s). The handshake has no checksum: a
+	// corrupted HELLO or WELCOME is only noticed by this timeout, and a
+	// stall longer than a request's timeout would eat its retries.
 	HandshakeTimeout time.Duration
 	Log              *zap.Logger
 	// OnState is called when a connection's state changes (from the
@@ -91,7 +94,7 @@ func (o *Options) defaults() {
 		o.Capacity = 1024
 	}
 	if o.HandshakeTimeout <= 0 {
-		o.HandshakeTimeout = 10 * time.Second
+		o.HandshakeTimeout = min(max(o.Timeout, time.Second), 10*time.Second)
 	}
 	if o.Name == "" {
 		o.Name, _ = os.Hostname()
