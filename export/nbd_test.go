@@ -570,3 +570,45 @@ func FuzzNBDConn(f *testing.F) {
 		}
 	})
 }
+
+// TestNBDExportName: the old EXPORT_NAME way in, with the default (empty)
+// name of a single-export server and the 124 zeroes of a client without
+// NO_ZEROES; such a client never agreed to block sizes, so it is served
+// byte-granular.
+func TestNBDExportName(t *testing.T) {
+	path := exporttest.File(t, testSize)
+	_, addr := startNBD(t, config(path))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	var g [nbd.GreetingLen]byte
+	if _, err := io.ReadFull(c, g[:]); err != nil {
+		t.Fatal(err)
+	}
+	hello := binary.BigEndian.AppendUint32(nil, nbd.ClientFixedNewstyle)
+	if _, err := c.Write(nbd.AppendOption(hello, nbd.OptExportName, nil)); err != nil {
+		t.Fatal(err)
+	}
+	var rep [10 + nbd.ExportNameReplyZeroes]byte
+	if _, err := io.ReadFull(c, rep[:]); err != nil {
+		t.Fatal(err)
+	}
+	flags := nbd.TransmissionFlags(binary.BigEndian.Uint16(rep[8:]))
+	if size := binary.BigEndian.Uint64(rep[:]); size != testSize || flags&nbd.FlagHasFlags == 0 || !isZero(rep[10:]) {
+		t.Fatalf("EXPORT_NAME reply: size %d flags %v", size, flags)
+	}
+	nc := &nbdClient{t: t, c: c}
+	data := pattern(700, 4)
+	if r := nc.do(req(nbd.CmdWrite, 1, 4095, 700), data); r.errno != 0 {
+		t.Fatalf("unaligned write: %v", r.errno)
+	}
+	if r := nc.do(req(nbd.CmdRead, 2, 4095, 700), nil); r.errno != 0 || !bytes.Equal(r.data, data) {
+		t.Fatalf("unaligned read back: %v", r.errno)
+	}
+	if !bytes.Equal(fileAt(t, path, 4095, 700), data) || !isZero(fileAt(t, path, 0, 4095)) {
+		t.Fatal("file content around an unaligned write is wrong")
+	}
+}
