@@ -33,10 +33,11 @@ package export
 // export's logical block as the minimum (what O_DIRECT needs), 4 KiB or
 // the physical block as preferred, and the exporter's MaxTransfer as the
 // maximum. A client that asked for INFO_BLOCK_SIZE in its GO agreed to
-// them: its misaligned READ, WRITE or WRITE_ZEROES, or one longer than the
-// maximum, gets EINVAL. A client that did not (EXPORT_NAME, or GO without
-// INFO_BLOCK_SIZE: old clients, qemu-io's 512-byte defaults on a 4 KiB
-// file) is served byte-granular: an unaligned READ reads the covering
+// them: its misaligned READ, WRITE or WRITE_ZEROES, or a READ or WRITE
+// longer than the maximum, gets EINVAL. A client that did not
+// (EXPORT_NAME, or GO without INFO_BLOCK_SIZE: older or simpler clients;
+// qemu asks and aligns by itself) is served byte-granular: an unaligned
+// READ reads the covering
 // blocks and answers the slice; an unaligned WRITE or WRITE_ZEROES is a
 // read-modify-write of the partial edge blocks, done synchronously and
 // under one lock per export, so two unaligned writes that share a block
