@@ -206,3 +206,44 @@ func BenchmarkClientCrypto(b *testing.B) {
 		}
 	}
 }
+
+// TestCryptoSteadyStateAllocs: with a checksum and with a cipher, a client
+// and an exporter in steady state allocate nothing per request (both
+// sides counted: the exporter runs in this process).
+func TestCryptoSteadyStateAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items under -race")
+	}
+	if testing.Short() {
+		t.Skip("short")
+	}
+	path := exporttest.File(t, benchSize)
+	for _, s := range []crypto.Suite{crypto.CRC32C, crypto.AES256GCM} {
+		cc := cryptoCfg(s)
+		cfg := export.Config{
+			Exports: []export.ExportConfig{{Name: "disk", Path: path}},
+			Access:  export.ACL{AllowAll: export.ReadWrite},
+			Crypto:  cc,
+		}
+		_, addr := exporttest.Start(t, cfg, exporttest.TCP4)
+		for _, j := range []benchJobSpec{
+			{"randread-4k-qd32", wire.OpRead, 4096, 32, false},
+			{"write-128k-qd8", wire.OpWrite, 128 << 10, 8, true},
+		} {
+			r := testing.Benchmark(func(b *testing.B) {
+				if b.N < 2000 {
+					b.N = 2000
+				}
+				benchJob(b, Options{URL: addr + "/disk", Crypto: cc}, j)
+			})
+			// Each round dials (a handshake allocates) and its first
+			// requests fill the pools and the arena: allow a few hundred
+			// allocations in all, not one per request.
+			if perOp := float64(r.MemAllocs) / float64(r.N); perOp > 0.1 {
+				t.Errorf("%v %s: %.3f allocations per request (%d for %d)", s, j.name, perOp, r.MemAllocs, r.N)
+			} else {
+				t.Logf("%v %s: %d allocations for %d requests", s, j.name, r.MemAllocs, r.N)
+			}
+		}
+	}
+}
