@@ -3,6 +3,16 @@
 # secs, dev_of, probe_start, flow_after, fio_bg, fio_check), never run by
 # itself: keep it non-executable. report() is lib.sh's.
 
+# fault_init SIZE_MIB: the seed of the run's random choices (FAULT_SEED,
+# from the clock unless given; printed, so a run can be replayed) and
+# $backing, a SIZE_MIB MiB file to export.
+fault_init() {
+	: "${FAULT_SEED:=$(awk '{printf "%d", $1 * 1000}' /proc/uptime)}"
+	log "FAULT_SEED=$FAULT_SEED"
+	backing=$VMTEST_TMP/export.img
+	mk_file "$backing" "$1"
+}
+
 # start_exporter NAME [ARGS...]: dst export of $backing as "disk" on
 # 127.0.0.1:10811 (127.0.0.1 read-write), run as daemon NAME; returns once
 # it listens.

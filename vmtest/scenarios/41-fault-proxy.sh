@@ -16,11 +16,7 @@ set -eu
 # shellcheck source=4-fault-lib.sh
 . /tests/scenarios/4-fault-lib.sh
 need_dst
-: "${FAULT_SEED:=$(awk '{printf "%d", $1 * 1000}' /proc/uptime)}"
-log "FAULT_SEED=$FAULT_SEED"
-
-backing=$VMTEST_TMP/export.img
-mk_file "$backing" 48
+fault_init 48
 start_exporter exp
 run_bg proxy "$DST" proxy --listen dst://127.0.0.1:10812 --to dst://127.0.0.1:10811 --seed "$FAULT_SEED" \
 	--cut-every 3s --partition-every 1500ms --partition-for 500ms \

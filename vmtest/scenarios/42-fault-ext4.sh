@@ -13,11 +13,7 @@ set -eu
 # shellcheck source=4-fault-lib.sh
 . /tests/scenarios/4-fault-lib.sh
 need_dst
-: "${FAULT_SEED:=$(awk '{printf "%d", $1 * 1000}' /proc/uptime)}"
-log "FAULT_SEED=$FAULT_SEED"
-
-backing=$VMTEST_TMP/export.img
-mk_file "$backing" 96
+fault_init 96
 start_exporter exp0
 run_bg att "$DST" attach --timeout 2s --retries 15 --ping 1s dst://127.0.0.1:10811/disk
 dev=$(dev_of att)
