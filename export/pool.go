@@ -103,6 +103,7 @@ type op struct {
 	buf      *buffer
 	handle   uint32 // 1 + index in the session's table of executing ops
 	err      error  // result of the synchronous path (sync helper)
+	start    int64  // metrics.Now() when it was recorded executing
 }
 
 var opPool = sync.Pool{New: func() any { return new(op) }}

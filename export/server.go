@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dst-dev/dst/internal/backend"
+	"github.com/dst-dev/dst/internal/metrics"
 	"github.com/dst-dev/dst/internal/wire"
 )
 
@@ -61,6 +62,10 @@ type export struct {
 	// done by the loops themselves, through mem when it is set.
 	inline bool
 	mem    *memFile
+
+	// Metrics (metrics.go), updated by the connections' loops.
+	io   metrics.IO
+	dups atomic.Uint64 // resends answered without executing again
 
 	// Reloads (reload.go), guarded by Server.mu: removed by RemoveExport
 	// (no new session attaches); conns: connections attached to a

@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/internal/metrics"
 	"github.com/dst-dev/dst/internal/wire"
 )
 
@@ -214,6 +215,7 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 		// Rule 1: not executed again; the first copy's completion
 		// answers, once, on the current connection. The transaction is
 		// counted once against this connection's MaxInflight.
+		s.exp.dups.Add(1)
 		first := s.rec.ops[e.handle-1]
 		if first.counted == c {
 			c.inflight.Add(-1)
@@ -225,6 +227,7 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 		return dispatched, 0
 	case o.wop != wire.OpRead:
 		// Rule 2: done, answered from the record.
+		s.exp.dups.Add(1)
 		c.replyLocked(o, wire.Status(e.status))
 		s.mu.Unlock()
 		o.release(c)
@@ -250,6 +253,8 @@ func (s *session) dispatch(c *conn, o *op) (dispatchResult, uint64) {
 	s.executing++
 	o.bop = backendOp(o.wop)
 	o.bflags = backendFlags(o.flags)
+	o.start = metrics.Now()
+	s.exp.io.Start()
 	s.mu.Unlock()
 	return execute, 0
 }
@@ -262,6 +267,7 @@ func (c *conn) finish(o *op, err error) {
 	c.srv.executing.Add(-1)
 	st := wire.StatusOf(err)
 	s := o.sess
+	s.exp.io.Done(metricsOp(o.wop), o.length, metrics.Now()-o.start, err != nil)
 	if err != nil {
 		s.log.Warn("request failed", zap.Stringer("op", o.wop), zap.Uint64("id", o.id),
 			zap.Uint64("offset", o.off), zap.Uint32("length", o.length), zap.Stringer("status", st), zap.Error(err))

@@ -131,8 +131,17 @@ func (t *Target) Stats() Stats {
 		s.Timeouts += x.Timeouts
 		s.Reconnects += x.Reconnects
 		s.PingsSent += x.PingsSent
+		s.Corrupt += x.Corrupt
 	}
 	return s
+}
+
+// State is the worst connection state over the queues (Up when every
+// queue's connection is up).
+func (t *Target) State() ConnState {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.aggregate()
 }
 
 // Close implements ublk.Target (the queues have closed their Conns).

@@ -26,6 +26,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/dst-dev/dst/internal/metrics"
 	"github.com/dst-dev/dst/internal/uring"
 )
 
@@ -62,6 +63,10 @@ type queue struct {
 	state   []uint8
 	results []int32
 	cqes    []uring.CQE
+	// Metrics (Device.IO): started[tag] is when the request of tag was
+	// handed out; io is updated by this goroutine only, read at scrapes.
+	started []int64
+	io      *metrics.IO
 
 	port    port
 	handler QueueHandler
@@ -102,6 +107,8 @@ func newQueue(id uint16, depth, maxIO int, userCopy bool, charFd int, devID uint
 		reqs:    make([]Request, depth),
 		state:   make([]uint8, depth),
 		results: make([]int32, depth),
+		started: make([]int64, depth),
+		io:      new(metrics.IO),
 		done:    make([]uint16, 0, depth),
 		spare:   make([]uint16, 0, depth),
 		cqes:    make([]uring.CQE, 2*depth+4),
@@ -315,6 +322,8 @@ func (q *queue) startRequest(tag uint16) {
 		q.Complete(tag, syscall.EOPNOTSUPP)
 		return
 	}
+	q.started[tag] = metrics.Now()
+	q.io.Start()
 	if r.Op == OpRead || r.Op == OpWrite {
 		if int(r.Length) > q.maxIO {
 			q.Complete(tag, syscall.EINVAL)
@@ -440,6 +449,10 @@ func (q *queue) drain() {
 
 // commit completes the block request and re-arms the tag in one command.
 func (q *queue) commit(tag uint16, res int32) {
+	if r := &q.reqs[tag]; r.Op != 0 {
+		// ublk's ops are numbered as metrics' from 1.
+		q.io.Done(metrics.Op(r.Op-1), r.Length, metrics.Now()-q.started[tag], res < 0)
+	}
 	q.held--
 	q.state[tag] = tagFetching
 	q.port.prepFetch(q, tag, true, res)

@@ -17,6 +17,7 @@ import (
 
 	"unsafe"
 
+	"github.com/dst-dev/dst/internal/metrics"
 	"github.com/dst-dev/dst/internal/uring"
 )
 
@@ -417,4 +418,41 @@ func TestQueueForcedStop(t *testing.T) {
 
 func unsafeDesc(b []byte, tag uint16) *ioDesc {
 	return (*ioDesc)(unsafe.Pointer(&b[int(tag)*sizeofIODesc]))
+}
+
+// TestQueueMetrics: the queue counts what it commits, per op, with the
+// bytes of the successful requests, the errors, and a latency each.
+func TestQueueMetrics(t *testing.T) {
+	fk := newFakeKernel(t, 16)
+	wait := runQueue(t, fk, &NullTarget{Size: 1 << 20, BlockSize: 512}, 16, 64<<10, false)
+	const writes = 5
+	for i := range writes {
+		fk.send(t, uint64(1+i), opWrite, 0, uint64(8*i), 8, bytes.Repeat([]byte{1}, 4096))
+	}
+	fk.send(t, 10, opRead, 0, 0, 16, nil)
+	fk.send(t, 11, opRead, 0, 0, (128<<10)>>9, nil) // larger than max I/O: EINVAL
+	fk.send(t, 12, opFlush, 0, 0, 0, nil)
+	fk.send(t, 13, 18, 0, 0, 0, nil) // unknown op: not counted
+	for range writes + 4 {
+		select {
+		case <-fk.commits:
+		case <-time.After(5 * time.Second):
+			t.Fatal("missing commits")
+		}
+	}
+	q := wait()
+	s := q.io.Snapshot()
+	w, r, f := s.Op[metrics.Write], s.Op[metrics.Read], s.Op[metrics.Flush]
+	if w.Count != writes || w.Bytes != writes*4096 || w.Errors != 0 || w.Latency.Count() != writes {
+		t.Errorf("writes %+v", w)
+	}
+	if r.Count != 2 || r.Bytes != 8192 || r.Errors != 1 {
+		t.Errorf("reads %+v", r)
+	}
+	if f.Count != 1 || f.Bytes != 0 {
+		t.Errorf("flushes %+v", f)
+	}
+	if s.Started != writes+3 || s.Inflight() != 0 {
+		t.Errorf("started %d inflight %d", s.Started, s.Inflight())
+	}
 }

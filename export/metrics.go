@@ -1,0 +1,83 @@
+package export
+
+import (
+	"github.com/dst-dev/dst/crypto"
+	"github.com/dst-dev/dst/internal/metrics"
+	"github.com/dst-dev/dst/internal/wire"
+)
+
+// ExportMetrics are the counters of one export, for Server.Metrics.
+type ExportMetrics struct {
+	Name     string
+	Path     string
+	ReadOnly bool
+	// IO counts the requests executed on the export's storage, per op:
+	// their latency runs from the moment a request is recorded executing
+	// (after the session's checks, before the storage I/O is queued) to
+	// its completion, reply not included. NBD requests are not counted.
+	IO metrics.IOSnapshot
+	// Duplicates are requests answered without executing them again: a
+	// resend of a transaction still executing, or answered from the
+	// session record (PROTOCOL.md §5.3 rules 1 and 2).
+	Duplicates uint64
+	Sessions   int // sessions of this export held now (attached or lingering)
+	Conns      int // DST connections attached to its sessions
+}
+
+// ServerMetrics is a snapshot of a Server's counters.
+type ServerMetrics struct {
+	Exports []ExportMetrics // in the order they were added
+	Conns   int             // DST connections open now, handshaking ones included
+	Crypto  CryptoStats
+	// Pool is the crypto worker pool's, if Config.CryptoPool is set.
+	Pool *crypto.PoolStats
+}
+
+// Metrics returns a snapshot of the server's counters (any goroutine; it
+// takes the server's lock briefly, and every session's count from the
+// session table, at most 4096 entries).
+func (s *Server) Metrics() ServerMetrics {
+	var m ServerMetrics
+	m.Crypto = s.CryptoStats()
+	if p := s.cfg.CryptoPool; p != nil {
+		ps := p.Stats()
+		m.Pool = &ps
+	}
+	s.mu.Lock()
+	m.Conns = len(s.conns)
+	idx := make(map[*export]int, len(s.list))
+	m.Exports = make([]ExportMetrics, len(s.list))
+	for i, e := range s.list {
+		idx[e] = i
+		m.Exports[i] = ExportMetrics{Name: e.cfg.Name, Path: e.cfg.Path, ReadOnly: e.cfg.ReadOnly, Conns: e.conns}
+	}
+	for _, sess := range s.sessions {
+		if i, ok := idx[sess.exp]; ok {
+			m.Exports[i].Sessions++
+		}
+	}
+	list := s.list
+	s.mu.Unlock()
+	for i, e := range list {
+		m.Exports[i].IO = e.io.Snapshot()
+		m.Exports[i].Duplicates = e.dups.Load()
+	}
+	return m
+}
+
+// metricsOp maps the wire ops that execute to metrics' ops.
+func metricsOp(w wire.Op) metrics.Op {
+	switch w {
+	case wire.OpRead:
+		return metrics.Read
+	case wire.OpWrite:
+		return metrics.Write
+	case wire.OpFlush:
+		return metrics.Flush
+	case wire.OpDiscard:
+		return metrics.Discard
+	case wire.OpWriteZeroes:
+		return metrics.WriteZeroes
+	}
+	return metrics.NumOps
+}
