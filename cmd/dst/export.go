@@ -75,6 +75,7 @@ func exportCommand() *cli.Command {
 			"need a restart. A file that does not load keeps the running configuration.",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "config", Usage: "read the settings from the TOML `FILE` (the flags add to or override it; SIGHUP reloads it)"},
+			metricsListenFlag(),
 			&cli.GenericFlag{Name: "listen", Value: &multiFlag{},
 				Usage: "listen on `URL` (repeatable; default " + defaultListen + ")"},
 			&cli.GenericFlag{Name: "nbd-listen", Value: &multiFlag{},
@@ -255,9 +256,19 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkMetricsAddr(c.String("metrics-listen")); err != nil {
+		return err
+	}
+	ml, err := listenMetrics(c.String("metrics-listen"))
+	if err != nil {
+		return err
+	}
 	cfg.Log = log
 	srv, err := export.New(cfg)
 	if err != nil {
+		if ml != nil {
+			ml.Close()
+		}
 		return err
 	}
 	reloader := &exportReloader{srv: srv, cfg: cfg, listens: slices.Clone(listens)}
@@ -272,6 +283,9 @@ func runExport(c *cli.Context) error {
 	closeAll := func() {
 		for _, l := range lns {
 			l.Close()
+		}
+		if ml != nil {
+			ml.Close()
 		}
 		srv.Close()
 	}
@@ -315,6 +329,14 @@ func runExport(c *cli.Context) error {
 		} else {
 			go func() { serveErr <- srv.ServeNBD(context.Background(), l) }()
 		}
+	}
+	if ml != nil {
+		stop, err := serveExportMetrics(srv, ml)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		defer stop()
 	}
 	for _, u := range bound {
 		fmt.Printf("listening %s\n", u)

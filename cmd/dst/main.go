@@ -61,6 +61,7 @@ func newApp() *cli.App {
 			keygenCommand(),
 			proxyCommand(),
 			recoverCommand(),
+			statsCommand(),
 		},
 		// Errors are printed once, by main, without usage noise.
 		OnUsageError:    func(c *cli.Context, err error, isSubcommand bool) error { return usageError{err} },

@@ -57,6 +57,7 @@ func recoverCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "wait", Value: 30 * time.Second, Usage: "how long to wait for the kernel to release the device from its dead daemon"},
 			&cli.BoolFlag{Name: "keep-device", Usage: "on SIGTERM/SIGINT leave the device quiesced again (default: as the record says)"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on HOST:PORT (default: the record's, from the first daemon's --metrics-listen)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -69,6 +70,14 @@ func recoverCommand() *cli.Command {
 			if c.Duration("wait") <= 0 {
 				return usagef("--wait must be positive")
 			}
+			var metricsAddr *string
+			if c.IsSet("metrics-listen") {
+				if err := checkMetricsAddr(c.String("metrics-listen")); err != nil {
+					return err
+				}
+				v := c.String("metrics-listen")
+				metricsAddr = &v
+			}
 			if err := requireRoot(); err != nil {
 				return err
 			}
@@ -77,7 +86,7 @@ func recoverCommand() *cli.Command {
 				v := c.Bool("keep-device")
 				keep = &v
 			}
-			return recoverDevice(c.Context, id, c.Duration("wait"), keep)
+			return recoverDevice(c.Context, id, c.Duration("wait"), keep, metricsAddr)
 		},
 	}
 }
@@ -194,7 +203,7 @@ func joinInts(v []int) string {
 }
 
 // recoverDevice takes device id over and serves it until a signal.
-func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *bool) error {
+func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *bool, metricsAddr *string) error {
 	// A dst daemon serving the device holds this lock for its whole life;
 	// holding it here also keeps two recoveries apart.
 	unlock, lockErr := stateDir.Lock(id)
@@ -234,6 +243,9 @@ func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *boo
 	if keep != nil {
 		rec.KeepDevice = *keep
 	}
+	if metricsAddr != nil {
+		rec.MetricsListen = *metricsAddr
+	}
 	epoch := rec.Epoch + 1
 	k := newRecordKeeper(rec)
 
@@ -241,11 +253,22 @@ func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *boo
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
+	ml, err := listenMetrics(rec.MetricsListen)
+	if err != nil {
+		return err
+	}
+	closeML := func() {
+		if ml != nil {
+			ml.Close()
+		}
+	}
 	t, err := recoverTarget(ctx, &rec, epoch, k)
 	if err != nil {
+		closeML()
 		return &ublk.RefusedError{ID: id, Reason: err.Error()}
 	}
 	if _, err := ublk.CheckTarget(ctrl, id, t); err != nil {
+		closeML()
 		t.Close()
 		return err
 	}
@@ -256,9 +279,11 @@ func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *boo
 	start := time.Now()
 	d, err := ublk.Recover(ctx, ctrl, id, t, ublk.RecoverOptions{Wait: wait})
 	if err != nil {
+		closeML()
 		t.Close()
 		return err
 	}
+	defer serveDeviceMetrics(d, t, k.record(), ml)()
 	took := time.Since(start)
 	k.update(func(r *state.Record) {
 		r.PID, r.Started, r.Target = os.Getpid(), time.Now().UTC(), t.Describe()

@@ -68,6 +68,7 @@ func deviceFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "user-copy", Usage: "move data with pread/pwrite on /dev/ublkcN (UBLK_F_USER_COPY)"},
 		&cli.BoolFlag{Name: "recoverable", Usage: "keep the device when this daemon dies (I/O waits) until dst recover ID serves it again (UBLK_F_USER_RECOVERY, Linux 6.1+)"},
 		&cli.BoolFlag{Name: "keep-device", Usage: "on SIGTERM/SIGINT leave the device quiesced for dst recover (a planned upgrade) instead of removing it; needs --recoverable"},
+		metricsListenFlag(),
 	}
 }
 
@@ -79,6 +80,9 @@ func deviceOptions(c *cli.Context) (ublk.Options, error) {
 		Depth:       c.Int("depth"),
 		UserCopy:    c.Bool("user-copy"),
 		Recoverable: c.Bool("recoverable"),
+	}
+	if err := checkMetricsAddr(c.String("metrics-listen")); err != nil {
+		return o, err
 	}
 	if c.Bool("keep-device") && !o.Recoverable {
 		return o, usagef("--keep-device needs --recoverable: only a recoverable device can be left for a new daemon")
@@ -187,6 +191,7 @@ func (k *recordKeeper) publish(f func(*state.Record)) {
 func recordOptions(c *cli.Context, r state.Record) state.Record {
 	r.Recoverable = c.Bool("recoverable")
 	r.KeepDevice = c.Bool("keep-device")
+	r.MetricsListen = c.String("metrics-listen")
 	return r
 }
 
@@ -218,6 +223,12 @@ func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, k *recordKe
 	}
 	defer ctrl.Close()
 
+	ml, err := listenMetrics(k.record().MetricsListen)
+	if err != nil {
+		t.Close()
+		return err
+	}
+
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
@@ -226,6 +237,9 @@ func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, k *recordKe
 	d, err := ublk.Create(cctx, ctrl, t, o)
 	cancel()
 	if err != nil {
+		if ml != nil {
+			ml.Close()
+		}
 		t.Close()
 		if errors.Is(err, ublk.ErrNoRecoveryFeature) {
 			return fmt.Errorf("--recoverable: %w", err)
@@ -246,6 +260,7 @@ func serveDevice(ctx context.Context, t ublk.Target, o ublk.Options, k *recordKe
 		rec.UserCopy = info.Flags&ublk.FlagUserCopy != 0
 		rec.Recoverable = info.Flags&ublk.FlagUserRecovery != 0
 	})
+	defer serveDeviceMetrics(d, t, k.record(), ml)()
 	fmt.Println(d.Path())
 	log.Info("device ready", zap.String("path", d.Path()), zap.String("target", t.Describe()),
 		zap.Uint16("queues", info.NrHWQueues), zap.Uint16("depth", info.QueueDepth),
@@ -316,6 +331,13 @@ func runDevice(d *ublk.Device, k *recordKeeper, sigs <-chan os.Signal) error {
 // target holds.
 const detachDrain = 10 * time.Second
 
+// record returns a copy of the record.
+func (k *recordKeeper) record() state.Record {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.rec
+}
+
 func (k *recordKeeper) keepDevice() bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -337,6 +359,9 @@ type listEntry struct {
 	// Recoverable: the kernel keeps the device when its daemon dies
 	// (dst recover).
 	Recoverable bool `json:"recoverable"`
+	// MetricsListen is the daemon's --metrics-listen address, if any
+	// (dst stats ID reads the daemon's Unix socket instead).
+	MetricsListen string `json:"metrics_listen,omitempty"`
 }
 
 func listCommand() *cli.Command {
@@ -368,7 +393,7 @@ func listCommand() *cli.Command {
 					e.Size = size
 				}
 				if r, err := stateDir.Read(id); err == nil {
-					e.Target, e.URL, e.Conn = r.Target, r.URL, r.Conn
+					e.Target, e.URL, e.Conn, e.MetricsListen = r.Target, r.URL, r.Conn, r.MetricsListen
 					if e.PID <= 0 {
 						e.PID = r.PID
 					}

@@ -56,6 +56,10 @@ type Record struct {
 	Epoch uint16 `json:"epoch,omitempty"`
 	// Recoveries counts successful `dst recover`s.
 	Recoveries int `json:"recoveries,omitempty"`
+	// MetricsListen is the daemon's --metrics-listen address (dst recover
+	// serves metrics there too). Every device daemon also serves them on
+	// the Unix socket ublkN.metrics next to the record (dst stats).
+	MetricsListen string `json:"metrics_listen,omitempty"`
 }
 
 // Remote holds a remote device's connection settings and its sessions.
