@@ -1,0 +1,97 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dst-dev/dst/export/exporttest"
+	"github.com/dst-dev/dst/internal/nbd"
+)
+
+// TestExportNBDListen: dst export with only --nbd-listen (TCP port 0 and a
+// Unix socket) prints the bound NBD URLs, serves NBD on both, opens no DST
+// listener, and stops cleanly on SIGTERM.
+func TestExportNBDListen(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	cmd := exec.Command(os.Args[0], "export", "--export", "disk="+exporttest.File(t, 1<<20), "--allow", "127.0.0.1=rw",
+		"--nbd-listen", "nbd://127.0.0.1:0", "--nbd-listen", "nbd+unix:///?socket="+sock)
+	cmd.Env = append(os.Environ(), "DST_TEST_MAIN=1")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	r := bufio.NewReader(stdout)
+	var urls []string
+	for range 2 {
+		line, err := r.ReadString('\n')
+		u, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
+		if err != nil || !ok {
+			t.Fatalf("line %q, %v; stderr:\n%s", line, err, stderr.String())
+		}
+		urls = append(urls, u)
+	}
+	addr, ok := strings.CutPrefix(urls[0], "nbd://127.0.0.1:")
+	if !ok || addr == "0" || urls[1] != "nbd+unix:///?socket="+sock {
+		t.Fatalf("listening %q", urls)
+	}
+	for _, dial := range []func() (net.Conn, error){
+		func() (net.Conn, error) { return net.Dial("tcp", "127.0.0.1:"+addr) },
+		func() (net.Conn, error) { return net.Dial("unix", sock) },
+	} {
+		c, err := dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		info, _, err := nbd.ClientGo(c, nbd.ClientOptions{Export: "disk", BlockSize: true})
+		c.Close()
+		if err != nil || info.Size != 1<<20 || info.Flags&nbd.FlagReadOnly != 0 {
+			t.Fatalf("NBD handshake: %+v, %v", info, err)
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Fatalf("dst export after SIGTERM: %v; stderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("dst export did not stop on SIGTERM")
+	}
+	// No DST listener: its log line is "listening" without "(NBD)".
+	if strings.Contains(stderr.String(), "\tlistening\t") || strings.Count(stderr.String(), "\tlistening (NBD)\t") != 2 {
+		t.Errorf("want exactly the two NBD listeners in the log:\n%s", stderr.String())
+	}
+}
+
+func TestExportNBDListenBadURL(t *testing.T) {
+	for _, u := range []string{"nbd://127.0.0.1:1/disk", "dst://127.0.0.1:1", "nbd+unix:///disk"} {
+		err := run("export", "--export", "a=/x", "--allow", "127.0.0.1=rw", "--nbd-listen", u)
+		var ue usageError
+		if !errors.As(err, &ue) || !strings.Contains(err.Error(), "--nbd-listen") {
+			t.Errorf("--nbd-listen %s: %v, want a usage error", u, err)
+		}
+	}
+}
