@@ -355,8 +355,11 @@ func TestNegotiateViolations(t *testing.T) {
 				if tc.name == "option too long" {
 					s = binary.BigEndian.AppendUint32(s, MaxOptionLen+1)
 				}
-				go c.Write(s) // the server may stop reading
+				wrote := make(chan struct{})
+				go func() { defer close(wrote); c.Write(s) }() // the server may stop reading
 				io.Copy(io.Discard, c)
+				c.Close() // ends a blocked Write
+				<-wrote
 			})
 			var pe *ProtocolError
 			if !errors.As(err, &pe) {
@@ -369,7 +372,9 @@ func TestNegotiateViolations(t *testing.T) {
 func TestNegotiateTooManyOptions(t *testing.T) {
 	_, err := negotiate(t, func(c net.Conn) {
 		rawClient(t, c, ClientFixedNewstyle)
+		wrote := make(chan struct{})
 		go func() {
+			defer close(wrote)
 			for range MaxOptions + 1 {
 				if _, err := c.Write(AppendOption(nil, OptStructuredReply, nil)); err != nil {
 					return
@@ -377,6 +382,8 @@ func TestNegotiateTooManyOptions(t *testing.T) {
 			}
 		}()
 		io.Copy(io.Discard, c)
+		c.Close() // ends a blocked Write
+		<-wrote
 	})
 	var pe *ProtocolError
 	if !errors.As(err, &pe) {
