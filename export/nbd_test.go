@@ -81,6 +81,27 @@ func dialNBD(t testing.TB, addr string, o nbd.ClientOptions) *nbdClient {
 	return &nbdClient{t: t, c: c, info: info, structured: structured}
 }
 
+// sendAsync writes b (whole requests) from a goroutine while the test
+// receives; wait reports the write's error. The goroutine is waited for
+// by wait or, if the test ends first, by a cleanup that closes the
+// connection.
+func (c *nbdClient) sendAsync(b []byte) (wait func()) {
+	done := make(chan struct{})
+	var err error
+	go func() {
+		defer close(done)
+		_, err = c.c.Write(b)
+	}()
+	c.t.Cleanup(func() { c.c.Close(); <-done })
+	return func() {
+		c.t.Helper()
+		<-done
+		if err != nil {
+			c.t.Fatalf("send: %v", err)
+		}
+	}
+}
+
 func (c *nbdClient) send(r nbd.Request, payload []byte) {
 	c.t.Helper()
 	if _, err := c.c.Write(append(nbd.AppendRequest(nil, r), payload...)); err != nil {
@@ -191,15 +212,15 @@ func TestNBDPipelined(t *testing.T) {
 		}
 		const n = 64
 		data := pattern(n*bs, uint64(b2i(structured))+1)
-		go func() { // sender; the test receives meanwhile
-			for i := range n {
-				r := req(nbd.CmdWrite, uint64(i+1), uint64(i)*bs, bs)
-				if i%5 == 0 {
-					r.Flags = nbd.CmdFlagFUA
-				}
-				c.send(r, data[i*bs:(i+1)*bs])
+		var out []byte
+		for i := range n {
+			r := req(nbd.CmdWrite, uint64(i+1), uint64(i)*bs, bs)
+			if i%5 == 0 {
+				r.Flags = nbd.CmdFlagFUA
 			}
-		}()
+			out = append(nbd.AppendRequest(out, r), data[i*bs:(i+1)*bs]...)
+		}
+		wait := c.sendAsync(out) // the test receives meanwhile
 		seen := map[uint64]bool{}
 		for range n {
 			r, err := c.recv(nil)
@@ -208,6 +229,7 @@ func TestNBDPipelined(t *testing.T) {
 			}
 			seen[r.cookie] = true
 		}
+		wait()
 		if got := fileAt(t, path, 0, n*bs); !bytes.Equal(got, data) {
 			t.Fatal("file content differs from what was written")
 		}
@@ -215,11 +237,11 @@ func TestNBDPipelined(t *testing.T) {
 		for i := range n {
 			lengths[uint64(1000+i)] = 2 * bs
 		}
-		go func() {
-			for i := range n {
-				c.send(req(nbd.CmdRead, uint64(1000+i), uint64(i%(n-1))*bs, 2*bs), nil)
-			}
-		}()
+		out = out[:0]
+		for i := range n {
+			out = nbd.AppendRequest(out, req(nbd.CmdRead, uint64(1000+i), uint64(i%(n-1))*bs, 2*bs))
+		}
+		wait = c.sendAsync(out)
 		for range n {
 			r, err := c.recv(lengths)
 			if err != nil || r.errno != 0 {
@@ -230,6 +252,7 @@ func TestNBDPipelined(t *testing.T) {
 				t.Fatalf("read %d returned other data", i)
 			}
 		}
+		wait()
 		if r := c.do(req(nbd.CmdFlush, 7, 0, 0), nil); r.errno != 0 {
 			t.Fatalf("flush: %v", r.errno)
 		}
@@ -326,17 +349,15 @@ func TestNBDUnalignedRMW(t *testing.T) {
 	}
 	want := make([]byte, 4*bs)
 	const n = 40
-	go func() {
-		for i := range n { // 40 writes of 97 bytes, 3 bytes apart: many share a block
-			off := 5 + i*100
-			p := pattern(97, uint64(i))
-			r := req(nbd.CmdWrite, uint64(i+1), uint64(off), 97)
-			if i%7 == 0 {
-				r.Flags = nbd.CmdFlagFUA
-			}
-			c.send(r, p)
+	var out []byte
+	for i := range n { // 40 writes of 97 bytes, 3 bytes apart: many share a block
+		r := req(nbd.CmdWrite, uint64(i+1), uint64(5+i*100), 97)
+		if i%7 == 0 {
+			r.Flags = nbd.CmdFlagFUA
 		}
-	}()
+		out = append(nbd.AppendRequest(out, r), pattern(97, uint64(i))...)
+	}
+	wait := c.sendAsync(out)
 	for i := range n {
 		copy(want[5+i*100:], pattern(97, uint64(i)))
 	}
@@ -345,6 +366,7 @@ func TestNBDUnalignedRMW(t *testing.T) {
 			t.Fatalf("unaligned write: %+v %v", r, err)
 		}
 	}
+	wait()
 	if got := fileAt(t, path, 0, 4*bs); !bytes.Equal(got, want) {
 		t.Fatal("concurrent unaligned writes lost bytes")
 	}
@@ -562,7 +584,9 @@ func FuzzNBDConn(f *testing.F) {
 		}
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		go func() { c.Write(in); c.(*net.TCPConn).CloseWrite() }() // ends with the connection
+		wrote := make(chan struct{})
+		go func() { defer close(wrote); c.Write(in); c.(*net.TCPConn).CloseWrite() }()
+		defer func() { c.Close(); <-wrote }() // a Write blocked on a closed exporter ends
 		// EOF or a reset (closed with input unread) are fine; a timeout
 		// means the exporter hangs.
 		if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, syscall.ECONNRESET) {
