@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,22 +36,33 @@ func statsCommand() *cli.Command {
 			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "time between lines"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() != 1 {
-				return usagef("stats needs exactly one device id (see dst list), e.g. dst stats 0")
+			if c.NArg() == 0 {
+				return usagef("stats needs a device id (see dst list), e.g. dst stats 0")
 			}
 			id, err := parseDeviceID(c.Args().First())
 			if err != nil {
 				return err
 			}
-			if c.Int("count") < 0 {
-				return usagef("--count %d: want 0 (forever) or more", c.Int("count"))
+			// Flags may also follow the id (dst stats 0 --count 2).
+			fs := flag.NewFlagSet("stats", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			count := fs.Int("count", c.Int("count"), "")
+			interval := fs.Duration("interval", c.Duration("interval"), "")
+			if err := fs.Parse(c.Args().Tail()); err != nil {
+				return usagef("stats: %v", err)
 			}
-			if c.Duration("interval") < 10*time.Millisecond {
-				return usagef("--interval %s: want at least 10ms", c.Duration("interval"))
+			if fs.NArg() > 0 {
+				return usagef("stats takes one device id, not %q", strings.Join(c.Args().Slice(), " "))
+			}
+			if *count < 0 {
+				return usagef("--count %d: want 0 (forever) or more", *count)
+			}
+			if *interval < 10*time.Millisecond {
+				return usagef("--interval %s: want at least 10ms", *interval)
 			}
 			ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			return runStats(ctx, os.Stdout, id, c.Int("count"), c.Duration("interval"))
+			return runStats(ctx, os.Stdout, id, *count, *interval)
 		},
 	}
 }
@@ -73,8 +86,12 @@ func runStats(ctx context.Context, w io.Writer, id uint32, count int, interval t
 	}
 	prev, err := sample()
 	if err != nil {
-		if errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EACCES) {
+		switch {
+		case errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EACCES):
 			return fmt.Errorf("%w (the metrics socket is root's: run dst stats as root)", err)
+		case errors.Is(err, syscall.ECONNREFUSED):
+			// A socket left by a daemon that died.
+			return statsUnavailable(id, sock, err)
 		}
 		return err
 	}
@@ -109,6 +126,9 @@ func statsUnavailable(id uint32, sock string, err error) error {
 		return fmt.Errorf("device %d: no dst daemon serves it (no state record in %s; see dst list)", id, string(stateDir))
 	case !state.Alive(rec.PID):
 		return fmt.Errorf("device %d: its daemon (pid %d) is not running (dst recover %d serves it again if it is recoverable)", id, rec.PID, id)
+	}
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("device %d: nothing answers on %s (pid %d): %w", id, sock, rec.PID, err)
 	}
 	return fmt.Errorf("device %d: daemon pid %d serves no metrics socket %s (started by an older dst?)", id, rec.PID, sock)
 }

@@ -39,6 +39,9 @@ func TestMetricsFlagsFailBeforeAnything(t *testing.T) {
 		{"stats", "--count", "-1", "0"},
 		{"stats", "--interval", "1ms", "0"},
 		{"stats", "x"},
+		{"stats", "0", "--count", "-1"},
+		{"stats", "0", "--bogus"},
+		{"stats", "0", "1"},
 	} {
 		err := run(args...)
 		var ue usageError
@@ -142,5 +145,22 @@ func TestStatsUnavailable(t *testing.T) {
 	}
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close()
-	check(4, "ublk4.metrics")
+	check(4, "no dst daemon serves it")
+	if err := stateDir.Write(&state.Record{ID: 4, PID: 1 << 30, Kind: "null"}); err != nil {
+		t.Fatal(err)
+	}
+	check(4, "is not running")
+}
+
+// TestStatsFlagsAfterID: dst stats ID --count N works like dst stats
+// --count N ID (here against no daemon: the error is about the device).
+func TestStatsFlagsAfterID(t *testing.T) {
+	useStateDir(t)
+	for _, args := range [][]string{{"stats", "9", "--count", "2", "--interval", "20ms"}, {"stats", "--count", "2", "9"}} {
+		err := run(args...)
+		var ue usageError
+		if err == nil || errors.As(err, &ue) || !strings.Contains(err.Error(), "device 9: no dst daemon serves it") {
+			t.Errorf("dst %s: %v", strings.Join(args, " "), err)
+		}
+	}
 }

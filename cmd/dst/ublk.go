@@ -481,6 +481,7 @@ func delCommand() *cli.Command {
 					continue
 				}
 				stateDir.Remove(id)
+				os.Remove(metricsSocket(id)) // left by a daemon that died
 				fmt.Printf("removed %s\n", ublk.BlockPath(id))
 			}
 			return errors.Join(errs...)
