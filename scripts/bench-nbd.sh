@@ -6,7 +6,8 @@
 # Jobs: 4k randread and randwrite at depth 1 and 32, 128k sequential read
 # and write at depth 8, RUNTIME seconds each (default 5). Prints a markdown
 # table: IOPS, MB/s, p99 completion latency and the ratio of dst to the
-# best peer; OUT=FILE also writes it there.
+# best peer; OUT=FILE also writes it there, and SVG=FILE draws the IOPS of
+# each job as grouped bars (relative to the job's best server).
 #
 #   scripts/bench-nbd.sh                  # builds bin/dst if needed
 #   RUNTIME=10 SIZE=1G DIR=/var/tmp scripts/bench-nbd.sh
@@ -127,3 +128,34 @@ PY
 )
 echo "$table"
 [ -z "$OUT" ] || echo "$table" >"$OUT"
+[ -z "${SVG:-}" ] || python3 - "$results" "$RUNTIME" "$SIZE" >"$SVG" <<'PY'
+import sys, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+by = collections.defaultdict(dict)
+for s, job, iops, mbs, p99 in rows:
+    by[job][s] = float(iops)
+servers = ["dst", "nbdkit", "qemu-nbd", "nbd-server"]
+colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+jobs = list(by)
+bw, gap, left, top, h = 14, 22, 60, 40, 220
+gw = bw * len(servers) + gap
+width = left + gw * len(jobs) + 20
+out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + h + 90}" font-family="sans-serif" font-size="11">',
+       f'<text x="{left}" y="18" font-size="13">NBD servers, fio nbd engine ({sys.argv[2]} s per job, {sys.argv[3]} file): IOPS relative to the best server per job</text>']
+for k in range(5):
+    y = top + h - h * k / 4
+    out.append(f'<line x1="{left}" x2="{width - 20}" y1="{y:.0f}" y2="{y:.0f}" stroke="#ddd"/><text x="{left - 6}" y="{y + 4:.0f}" text-anchor="end">{k * 25}%</text>')
+for j, job in enumerate(jobs):
+    best = max(by[job].values()) or 1
+    x0 = left + j * gw + gap / 2
+    for i, s in enumerate(servers):
+        v = by[job].get(s, 0)
+        bh = h * v / best
+        out.append(f'<rect x="{x0 + i * bw:.0f}" y="{top + h - bh:.0f}" width="{bw - 2}" height="{bh:.0f}" fill="{colors[i]}"><title>{s} {job}: {v:,.0f} IOPS</title></rect>')
+    out.append(f'<text x="{x0 + gw / 2 - gap / 2:.0f}" y="{top + h + 14}" text-anchor="middle">{job}</text>')
+for i, s in enumerate(servers):
+    x = left + i * 110
+    out.append(f'<rect x="{x}" y="{top + h + 40}" width="10" height="10" fill="{colors[i]}"/><text x="{x + 14}" y="{top + h + 49}">{s}</text>')
+out.append("</svg>")
+print("\n".join(out))
+PY
