@@ -1,8 +1,11 @@
 package nbd
 
 import (
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 )
 
 // ClientOptions configure ClientGo.
@@ -10,6 +13,9 @@ type ClientOptions struct {
 	Export     string
 	Structured bool // ask for structured replies first
 	BlockSize  bool // ask for NBD_INFO_BLOCK_SIZE (promising to honour it)
+	// TLS, for ClientConnect: upgrade with STARTTLS first (the server's
+	// name and roots, as for any TLS client).
+	TLS *tls.Config
 }
 
 // An OptionError is an error reply from the server during negotiation.
@@ -28,6 +34,28 @@ func (e *OptionError) Error() string {
 // attach nbd://) use. It returns what the server said about the export
 // and whether structured replies were agreed.
 func ClientGo(rw io.ReadWriter, o ClientOptions) (ExportInfo, bool, error) {
+	_, info, structured, err := clientGo(rw, nil, o)
+	return info, structured, err
+}
+
+// ClientConnect is ClientGo on a connection, upgraded to TLS with
+// STARTTLS first when o.TLS is set; it returns the connection to use for
+// the transmission phase.
+func ClientConnect(c net.Conn, o ClientOptions) (net.Conn, ExportInfo, bool, error) {
+	rw, info, structured, err := clientGo(c, c, o)
+	if err != nil {
+		return nil, info, false, err
+	}
+	return rw.(net.Conn), info, structured, nil
+}
+
+func clientGo(rw io.ReadWriter, c net.Conn, o ClientOptions) (io.ReadWriter, ExportInfo, bool, error) {
+	info, structured, err := clientGoLoop(&rw, c, o)
+	return rw, info, structured, err
+}
+
+func clientGoLoop(rwp *io.ReadWriter, c net.Conn, o ClientOptions) (ExportInfo, bool, error) {
+	rw := *rwp
 	var info ExportInfo
 	var g [GreetingLen]byte
 	if _, err := io.ReadFull(rw, g[:]); err != nil {
@@ -46,6 +74,27 @@ func ClientGo(rw io.ReadWriter, o ClientOptions) (ExportInfo, bool, error) {
 	}
 	if _, err := rw.Write(be.AppendUint32(nil, cf)); err != nil {
 		return info, false, fmt.Errorf("nbd: write client flags: %w", err)
+	}
+	if o.TLS != nil {
+		if c == nil {
+			return info, false, errors.New("nbd: TLS needs a net.Conn (ClientConnect)")
+		}
+		if _, err := rw.Write(AppendOption(nil, OptStartTLS, nil)); err != nil {
+			return info, false, fmt.Errorf("nbd: write STARTTLS: %w", err)
+		}
+		h, d, err := readOptionReply(rw)
+		if err != nil {
+			return info, false, err
+		}
+		if h.Type != RepAck {
+			return info, false, &OptionError{Option: OptStartTLS, Type: h.Type, Message: string(d)}
+		}
+		tc := tls.Client(c, o.TLS)
+		if err := tc.Handshake(); err != nil {
+			return info, false, fmt.Errorf("nbd: TLS handshake: %w", err)
+		}
+		rw = tc
+		*rwp = rw
 	}
 	structured := false
 	if o.Structured {

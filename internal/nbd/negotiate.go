@@ -1,9 +1,11 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 )
 
 // ExportInfo is what the server says about an export.
@@ -60,12 +62,50 @@ type Negotiated struct {
 // the protocol, and I/O errors as they come (wrapped).
 //
 // Choices where the spec leaves room: STARTTLS is answered
-// NBD_REP_ERR_UNSUP (no TLS yet), as are meta contexts, extended headers
-// and unknown options; INFO_BLOCK_SIZE is sent only when asked for, and
+// NBD_REP_ERR_UNSUP here (NegotiateServer can do TLS), as are meta
+// contexts, extended headers and unknown options; INFO_BLOCK_SIZE is sent only when asked for, and
 // GO without it is still accepted (the server then handles unaligned
 // requests itself); EXPORT_NAME of an unknown export closes the
 // connection, the only answer the protocol has for it.
 func Negotiate(rw io.ReadWriter, h Handler) (*Negotiated, error) {
+	_, n, err := negotiateRW(rw, nil, h, ServerOptions{})
+	return n, err
+}
+
+// ServerOptions configure NegotiateServer.
+type ServerOptions struct {
+	// TLS, if set, lets clients upgrade with NBD_OPT_STARTTLS (the
+	// certificate to present; client certificates as the config says).
+	TLS *tls.Config
+	// RequireTLS: until TLS is up, every option but STARTTLS and ABORT is
+	// refused with NBD_REP_ERR_TLS_REQD (EXPORT_NAME closes). Needs TLS.
+	RequireTLS bool
+}
+
+// NegotiateServer is Negotiate on a connection that may be upgraded to
+// TLS: it returns the connection to use from then on (c itself, or the
+// *tls.Conn over it). The TLS handshake runs under c's deadlines. After
+// STARTTLS everything negotiated before is forgotten, as the spec says.
+func NegotiateServer(c net.Conn, h Handler, o ServerOptions) (net.Conn, *Negotiated, error) {
+	if o.RequireTLS && o.TLS == nil {
+		return nil, nil, errors.New("nbd: RequireTLS without a TLS config")
+	}
+	rw, n, err := negotiateRW(c, c, h, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rw.(net.Conn), n, nil
+}
+
+// negotiateRW runs the handshake on rw; c (nil for Negotiate) is what
+// STARTTLS wraps.
+func negotiateRW(rw io.ReadWriter, c net.Conn, h Handler, opts ServerOptions) (io.ReadWriter, *Negotiated, error) {
+	n, err := negotiateLoop(&rw, c, h, opts)
+	return rw, n, err
+}
+
+func negotiateLoop(rwp *io.ReadWriter, c net.Conn, h Handler, opts ServerOptions) (*Negotiated, error) {
+	rw := *rwp
 	if _, err := rw.Write(AppendGreeting(nil, FlagFixedNewstyle|FlagNoZeroes)); err != nil {
 		return nil, fmt.Errorf("nbd: write greeting: %w", err)
 	}
@@ -80,6 +120,7 @@ func Negotiate(rw io.ReadWriter, h Handler) (*Negotiated, error) {
 	fixed := cflags&ClientFixedNewstyle != 0
 	noZeroes := cflags&ClientNoZeroes != 0
 	var n Negotiated
+	tlsUp := false
 	var hb [OptionHeaderLen]byte
 	out := make([]byte, 0, 256)
 	for i := 0; ; i++ {
@@ -102,6 +143,15 @@ func Negotiate(rw io.ReadWriter, h Handler) (*Negotiated, error) {
 		}
 		out = out[:0]
 		done := false
+		if opts.RequireTLS && !tlsUp && oh.Option != OptStartTLS && oh.Option != OptAbort {
+			if oh.Option == OptExportName {
+				return nil, fmt.Errorf("nbd: EXPORT_NAME before STARTTLS: %w", ErrPolicy)
+			}
+			if _, err := rw.Write(AppendOptionError(out, oh.Option, RepErrTLSReqd, "this server requires TLS: send STARTTLS first")); err != nil {
+				return nil, fmt.Errorf("nbd: write reply to %v: %w", oh.Option, err)
+			}
+			continue
+		}
 		switch o := oh.Option; o {
 		case OptExportName:
 			name, err := ParseExportName(data)
@@ -163,7 +213,25 @@ func Negotiate(rw io.ReadWriter, h Handler) (*Negotiated, error) {
 				n.Export, n.Via, n.BlockSizeAgreed, done = info, OptGo, bs, true
 			}
 		case OptStartTLS:
-			out = AppendOptionError(out, o, RepErrUnsup, "TLS is not supported by this server")
+			switch {
+			case opts.TLS == nil || c == nil:
+				out = AppendOptionError(out, oh.Option, RepErrUnsup, "TLS is not supported by this server")
+			case tlsUp:
+				out = AppendOptionError(out, oh.Option, RepErrInvalid, "TLS is already up")
+			case len(data) != 0:
+				out = AppendOptionError(out, oh.Option, RepErrInvalid, "STARTTLS takes no data")
+			default:
+				if _, err := rw.Write(AppendOptionReply(out, oh.Option, RepAck, nil)); err != nil {
+					return nil, fmt.Errorf("nbd: write reply to STARTTLS: %w", err)
+				}
+				tc := tls.Server(c, opts.TLS)
+				if err := tc.Handshake(); err != nil {
+					return nil, fmt.Errorf("nbd: TLS handshake: %w", err)
+				}
+				rw, tlsUp, n = tc, true, Negotiated{}
+				*rwp = rw
+				continue
+			}
 		default:
 			if !fixed {
 				return nil, perr("negotiation", "unsupported option %v from a client without fixed newstyle", o)
