@@ -88,6 +88,7 @@ package export
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -108,11 +109,31 @@ import (
 // that a client that stopped reading cannot hold Shutdown.
 const nbdWriteTimeout = 10 * time.Second
 
+// NBDOptions configure an NBD listener (ServeNBDWith).
+type NBDOptions struct {
+	// TLS, if set, lets clients upgrade with STARTTLS (server certificate;
+	// client certificates as the config says — they are not mapped to the
+	// access list yet).
+	TLS *tls.Config
+	// RequireTLS refuses every option but STARTTLS and ABORT until TLS is
+	// up (NBD_REP_ERR_TLS_REQD). Needs TLS.
+	RequireTLS bool
+}
+
 // ServeNBD accepts NBD clients on l until ctx ends or Shutdown begins,
 // then closes l. It applies the access list like Serve (peers not on it
 // are closed at accept) and serves the same exports. Several ServeNBD and
 // Serve calls may run at once.
 func (s *Server) ServeNBD(ctx context.Context, l net.Listener) error {
+	return s.ServeNBDWith(ctx, l, NBDOptions{})
+}
+
+// ServeNBDWith is ServeNBD with options (TLS).
+func (s *Server) ServeNBDWith(ctx context.Context, l net.Listener, o NBDOptions) error {
+	if o.RequireTLS && o.TLS == nil {
+		l.Close()
+		return errors.New("export: NBD RequireTLS without a TLS config")
+	}
 	s.mu.Lock()
 	if s.stopping {
 		s.mu.Unlock()
@@ -163,11 +184,11 @@ func (s *Server) ServeNBD(ctx context.Context, l net.Listener) error {
 			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
 		}
 		backoff = 5 * time.Millisecond
-		s.acceptNBD(nc)
+		s.acceptNBD(nc, o)
 	}
 }
 
-func (s *Server) acceptNBD(nc net.Conn) {
+func (s *Server) acceptNBD(nc net.Conn, o NBDOptions) {
 	p := peerOf(nc)
 	access, rule := s.acl.Load().lookup(p)
 	if access == Deny {
@@ -186,6 +207,8 @@ func (s *Server) acceptNBD(nc net.Conn) {
 	c := &nbdConn{
 		srv:  s,
 		nc:   nc,
+		rw:   nc,
+		opts: o,
 		peer: p,
 		log:  s.log.With(zap.Uint64("conn", s.connSeq.Add(1)), zap.String("peer", p.desc), zap.String("proto", "nbd")),
 	}
@@ -195,7 +218,9 @@ func (s *Server) acceptNBD(nc net.Conn) {
 // nbdConn is one NBD client connection.
 type nbdConn struct {
 	srv  *Server
-	nc   net.Conn
+	nc   net.Conn // the accepted connection: deadlines, Close
+	rw   net.Conn // what requests and replies travel on: nc, or TLS over it
+	opts NBDOptions
 	peer peer
 	log  *zap.Logger
 
@@ -309,7 +334,7 @@ func (c *nbdConn) serve() {
 func (c *nbdConn) handshake() bool {
 	_ = c.nc.SetDeadline(time.Now().Add(HandshakeTimeout))
 	h := nbdHandler{c: c}
-	neg, err := nbd.Negotiate(c.nc, h)
+	rw, neg, err := nbd.NegotiateServer(c.nc, h, nbd.ServerOptions{TLS: c.opts.TLS, RequireTLS: c.opts.RequireTLS})
 	if err != nil {
 		if errors.Is(err, nbd.ErrAborted) {
 			c.log.Debug("NBD client ended the negotiation")
@@ -322,6 +347,8 @@ func (c *nbdConn) handshake() bool {
 	if c.stopping.Load() { // the watcher's deadline may just have been cleared
 		return false
 	}
+	c.rw = rw
+	_, isTLS := rw.(*tls.Conn)
 	e := c.srv.lookupNBD(neg.Export.Name)
 	if e == nil || !c.srv.pinExport(e) { // removed by a reload meanwhile
 		c.log.Info("NBD handshake: the export was removed", zap.String("export", neg.Export.Name))
@@ -339,7 +366,7 @@ func (c *nbdConn) handshake() bool {
 	c.log = c.log.With(zap.String("export", e.cfg.Name))
 	c.log.Info("NBD client attached", zap.Uint64("size", neg.Export.Size), zap.Stringer("flags", neg.Export.Flags),
 		zap.Bool("structured", neg.Structured), zap.Bool("block_size_agreed", neg.BlockSizeAgreed),
-		zap.Stringer("via", neg.Via), zap.Bool("read_only", c.readOnly))
+		zap.Stringer("via", neg.Via), zap.Bool("read_only", c.readOnly), zap.Bool("tls", isTLS))
 	return true
 }
 
@@ -426,7 +453,7 @@ func (c *nbdConn) info(e *export) nbd.ExportInfo {
 // readLoop reads and dispatches requests until EOF, DISC, an error or
 // shutdown. It returns nil after DISC.
 func (c *nbdConn) readLoop() error {
-	br := bufio.NewReaderSize(c.nc, 64<<10)
+	br := bufio.NewReaderSize(c.rw, 64<<10)
 	c.rd = br
 	var hb [nbd.RequestLen]byte
 	for {
@@ -795,7 +822,7 @@ func (c *nbdConn) writeReplies(iov [][]byte) {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(nbdWriteTimeout))
 	}
 	bufs := net.Buffers(iov)
-	if _, err := bufs.WriteTo(c.nc); err != nil {
+	if _, err := bufs.WriteTo(c.rw); err != nil {
 		c.broken.Store(true)
 		c.log.Info("NBD connection lost while replying", zap.Error(err))
 		c.nc.Close() // the reader ends too

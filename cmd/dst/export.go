@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -80,6 +81,9 @@ func exportCommand() *cli.Command {
 				Usage: "listen on `URL` (repeatable; default " + defaultListen + ")"},
 			&cli.GenericFlag{Name: "nbd-listen", Value: &multiFlag{},
 				Usage: "also serve the exports to NBD clients on `URL`: nbd://HOST[:PORT] (port 10809 by default), nbd://[V6]:PORT, nbd+unix:///?socket=/PATH (repeatable)"},
+			&cli.StringFlag{Name: "nbd-tls-cert", Usage: "offer TLS (STARTTLS) to NBD clients with the PEM certificate (chain) in `FILE`"},
+			&cli.StringFlag{Name: "nbd-tls-key", Usage: "the PEM private key of --nbd-tls-cert, in `FILE`"},
+			&cli.BoolFlag{Name: "nbd-tls-require", Usage: "refuse NBD clients that do not start TLS (needs --nbd-tls-cert)"},
 			&cli.GenericFlag{Name: "export", Value: &multiFlag{},
 				Usage: "serve `NAME=PATH[,ro][,buffered]`: the file or block device PATH as export NAME; ro: read-only, buffered: no O_DIRECT (repeatable; at least one, here or in --config)"},
 			&cli.GenericFlag{Name: "allow", Value: &multiFlag{},
@@ -99,6 +103,27 @@ func exportCommand() *cli.Command {
 func exportConfig(c *cli.Context) (export.Config, []string, error) {
 	cfg, listens, _, err := exportConfigNBD(c)
 	return cfg, listens, err
+}
+
+// nbdOptions reads --nbd-tls-cert, --nbd-tls-key and --nbd-tls-require.
+func nbdOptions(c *cli.Context) (export.NBDOptions, error) {
+	var o export.NBDOptions
+	cert, key := c.String("nbd-tls-cert"), c.String("nbd-tls-key")
+	switch {
+	case (cert == "") != (key == ""):
+		return o, usagef("--nbd-tls-cert and --nbd-tls-key go together")
+	case cert == "" && c.Bool("nbd-tls-require"):
+		return o, usagef("--nbd-tls-require needs --nbd-tls-cert and --nbd-tls-key")
+	case cert == "":
+		return o, nil
+	}
+	kp, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return o, fmt.Errorf("--nbd-tls-cert %s, --nbd-tls-key %s: %w", cert, key, err)
+	}
+	o.TLS = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
+	o.RequireTLS = c.Bool("nbd-tls-require")
+	return o, nil
 }
 
 // exportConfigNBD is exportConfig with the --nbd-listen URLs, parsed.
@@ -256,6 +281,10 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	nbdOpts, err := nbdOptions(c)
+	if err != nil {
+		return err
+	}
 	if err := checkMetricsAddr(c.String("metrics-listen")); err != nil {
 		return err
 	}
@@ -327,7 +356,7 @@ func runExport(c *cli.Context) error {
 		if i < nDST {
 			go func() { serveErr <- srv.Serve(context.Background(), l) }()
 		} else {
-			go func() { serveErr <- srv.ServeNBD(context.Background(), l) }()
+			go func() { serveErr <- srv.ServeNBDWith(context.Background(), l, nbdOpts) }()
 		}
 	}
 	if ml != nil {

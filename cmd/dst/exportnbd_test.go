@@ -95,3 +95,27 @@ func TestExportNBDListenBadURL(t *testing.T) {
 		}
 	}
 }
+
+func TestExportNBDTLSFlags(t *testing.T) {
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk.pem")
+	if err := os.WriteFile(junk, []byte("not PEM"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"export", "--export", "a=" + exporttest.File(t, 1<<20), "--allow", "127.0.0.1=rw", "--nbd-listen", "nbd://127.0.0.1:0"}
+	for _, tc := range []struct {
+		args  []string
+		want  string
+		usage bool
+	}{
+		{[]string{"--nbd-tls-cert", junk}, "go together", true},
+		{[]string{"--nbd-tls-require"}, "needs --nbd-tls-cert", true},
+		{[]string{"--nbd-tls-cert", junk, "--nbd-tls-key", junk}, "--nbd-tls-cert", false},
+	} {
+		err := run(append(append([]string{}, base...), tc.args...)...)
+		var ue usageError
+		if err == nil || !strings.Contains(err.Error(), tc.want) || errors.As(err, &ue) != tc.usage {
+			t.Errorf("%v: %v; want an error mentioning %q (usage error: %v)", tc.args, err, tc.want, tc.usage)
+		}
+	}
+}
