@@ -82,6 +82,13 @@ package export
 // whole file, so a flush on one connection covers the writes completed on
 // all of them. READ_ONLY for read-only exports and ro access.
 //
+// # TLS
+//
+// With NBDOptions.TLS the negotiation accepts STARTTLS (internal/nbd
+// NegotiateServer) and the connection then reads and writes through the
+// *tls.Conn (rw), while deadlines and Close act on the accepted
+// connection underneath (nc). RequireTLS refuses everything else first.
+//
 // Shutdown stops reading, finishes and answers what is in flight, then
 // closes (NBD has no GOODBYE; clients see the connection end).
 
