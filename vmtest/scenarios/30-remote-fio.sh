@@ -2,7 +2,9 @@
 # A remote device over loopback inside the guest: `dst export` serves a
 # file, `dst attach` makes /dev/ublkbN of it; fio crc32c verify at 4k
 # (depth 1 and 32) and 1m over TCP, and shorter runs over IPv6 and a Unix
-# socket. dst list shows the URL and the connection state.
+# socket. dst list shows the URL and the connection state. Metrics: the
+# exporter and the TCP device serve Prometheus text (--metrics-listen),
+# whose write counters moved after fio, and dst stats ID prints lines.
 # timeout: 300
 set -eu
 . /tests/lib.sh
@@ -11,22 +13,31 @@ need_dst
 backing=$VMTEST_TMP/export.img
 mk_file "$backing" 128
 run_bg exp "$DST" export --listen dst://127.0.0.1:10811 --listen 'dst://[::1]:10812' \
-	--listen "dst+unix://$VMTEST_TMP/dst.sock" --export disk="$backing" --allow 127.0.0.1/32=rw --allow ::1/128=rw
+	--listen "dst+unix://$VMTEST_TMP/dst.sock" --export disk="$backing" --allow 127.0.0.1/32=rw --allow ::1/128=rw \
+	--metrics-listen 127.0.0.1:9111
 wait_for_file "$VMTEST_TMP/dst.sock" 20 || fail "exporter did not start: $(tail -n 3 "$VMTEST_TMP/exp.log")"
 
-# attach NAME URL: start dst attach (a child of this shell, so stop_bg can
-# collect its exit status) and set dev to its device path.
+# attach NAME URL [FLAG...]: start dst attach (a child of this shell, so
+# stop_bg can collect its exit status) and set dev to its device path.
 attach() {
-	run_bg "$1" "$DST" attach --timeout 5s --retries 6 "$2"
+	_name=$1 _url=$2
+	shift 2
+	run_bg "$_name" "$DST" attach --timeout 5s --retries 6 "$@" "$_url"
 	_i=0
-	until dev=$(grep -m 1 -E '^/dev/ublkb[0-9]+$' "$VMTEST_TMP/$1.log") && [ -b "$dev" ]; do
-		bg_alive "$1" || fail "dst attach $2 exited: $(tail -n 2 "$VMTEST_TMP/$1.log")"
-		_i=$((_i + 1)); [ $_i -le 600 ] || fail "dst attach $2 showed no device within 30s"
+	until dev=$(grep -m 1 -E '^/dev/ublkb[0-9]+$' "$VMTEST_TMP/$_name.log") && [ -b "$dev" ]; do
+		bg_alive "$_name" || fail "dst attach $_url exited: $(tail -n 2 "$VMTEST_TMP/$_name.log")"
+		_i=$((_i + 1)); [ $_i -le 600 ] || fail "dst attach $_url showed no device within 30s"
 		sleep 0.05
 	done
 }
 
-attach tcp dst://127.0.0.1:10811/disk
+# metric NAME SELECTOR URL: the sum of the series of NAME whose labels
+# contain SELECTOR (e.g. op="write") in a scrape of URL.
+metric() {
+	wget -q -O - "$3" | awk -v n="$1{" -v s="$2" 'index($0, n) == 1 && (s == "" || index($0, s)) { v += $NF } END { print v + 0 }'
+}
+
+attach tcp dst://127.0.0.1:10811/disk --metrics-listen 127.0.0.1:9110
 [ "$(dev_size "$dev")" = $((128 << 20)) ] || fail "$dev has $(dev_size "$dev") bytes, want 128 MiB"
 id=${dev#/dev/ublkb}
 "$DST" list --json | jq -e --argjson id "$id" '.[] | select(.id == $id and .url == "dst://127.0.0.1:10811/disk" and .conn == "up")' >/dev/null ||
@@ -35,6 +46,20 @@ log "remote device $dev: $("$DST" list | tail -n +2)"
 fio_verify "$dev" 4k 1
 fio_verify "$dev" 4k 32
 fio_verify "$dev" 1m 8
+w=$(metric dst_device_requests_total 'op="write"' http://127.0.0.1:9110/metrics)
+wb=$(metric dst_device_bytes_total 'op="write"' http://127.0.0.1:9110/metrics)
+tx=$(metric dst_txn_completed_total '' http://127.0.0.1:9110/metrics)
+ew=$(metric dst_export_requests_total 'op="write"' http://127.0.0.1:9111/metrics)
+report "metrics: device writes $w ($wb bytes), transactions $tx, exporter writes $ew"
+for v in "$w" "$wb" "$tx" "$ew"; do
+	[ "${v%.*}" -gt 0 ] || fail "write counters did not move: device $w bytes $wb txn $tx exporter $ew"
+done
+wget -q -O - http://127.0.0.1:9110/metrics | grep -q "^dst_device_request_duration_seconds_bucket{.*op=\"write\"" ||
+	fail "no write latency histogram"
+"$DST" stats "$id" --count 2 >"$VMTEST_TMP/stats.out" 2>"$VMTEST_TMP/stats.err" ||
+	fail "dst stats $id failed: $(cat "$VMTEST_TMP/stats.err")"
+[ "$(grep -c "ublkb$id .*IOPS.*conn up" "$VMTEST_TMP/stats.out")" = 2 ] || fail "dst stats $id printed: $(cat "$VMTEST_TMP/stats.out")"
+report "dst stats: $(tail -n 1 "$VMTEST_TMP/stats.out")"
 stop_bg tcp TERM 30 || fail "dst attach did not exit cleanly after SIGTERM"
 wait_for_gone "$dev" 10
 
