@@ -65,8 +65,11 @@ type queue struct {
 	cqes    []uring.CQE
 	// Metrics (Device.IO): started[tag] is when the request of tag was
 	// handed out; io is updated by this goroutine only, read at scrapes.
+	// now is read once per batch: when the wait returns (the requests of
+	// the batch start then) and before the completions are committed.
 	started []int64
 	io      *metrics.IO
+	now     int64
 
 	port    port
 	handler QueueHandler
@@ -183,6 +186,7 @@ func (q *queue) run() {
 			q.err = fmt.Errorf("queue %d: wait: %w", q.id, err)
 			return
 		}
+		q.now = metrics.Now()
 		q.dispatching.Store(true)
 		for i := range n {
 			q.handleCQE(&q.cqes[i])
@@ -322,7 +326,7 @@ func (q *queue) startRequest(tag uint16) {
 		q.Complete(tag, syscall.EOPNOTSUPP)
 		return
 	}
-	q.started[tag] = metrics.Now()
+	q.started[tag] = q.now
 	q.io.Start()
 	if r.Op == OpRead || r.Op == OpWrite {
 		if int(r.Length) > q.maxIO {
@@ -432,6 +436,9 @@ func (q *queue) drain() {
 	done := q.done
 	q.done = q.spare[:0]
 	q.cmu.Unlock()
+	if len(done) > 0 {
+		q.now = metrics.Now()
+	}
 	for _, tag := range done {
 		res := q.results[tag]
 		r := &q.reqs[tag]
@@ -451,7 +458,7 @@ func (q *queue) drain() {
 func (q *queue) commit(tag uint16, res int32) {
 	if r := &q.reqs[tag]; r.Op != 0 {
 		// ublk's ops are numbered as metrics' from 1.
-		q.io.Done(metrics.Op(r.Op-1), r.Length, metrics.Now()-q.started[tag], res < 0)
+		q.io.Done(metrics.Op(r.Op-1), r.Length, q.now-q.started[tag], res < 0)
 	}
 	q.held--
 	q.state[tag] = tagFetching

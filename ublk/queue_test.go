@@ -456,3 +456,40 @@ func TestQueueMetrics(t *testing.T) {
 		t.Errorf("started %d inflight %d", s.Started, s.Inflight())
 	}
 }
+
+// TestQueueMetricsLatency: a request completed by another goroutine after
+// a delay has that delay in its latency (the queue reads the clock when
+// its wait returns and before it commits).
+func TestQueueMetricsLatency(t *testing.T) {
+	fk := newFakeKernel(t, 4)
+	wait := runQueue(t, fk, &sleepTarget{NullTarget{Size: 1 << 20, BlockSize: 512}}, 4, 64<<10, false)
+	for i := range 3 {
+		fk.send(t, uint64(1+i), opRead, 0, 0, 8, nil)
+		select {
+		case <-fk.commits:
+		case <-time.After(5 * time.Second):
+			t.Fatal("missing commit")
+		}
+	}
+	r := wait().io.Snapshot().Op[metrics.Read]
+	if r.Count != 3 || r.Latency.SumNs < 3*uint64(2*time.Millisecond) || r.Latency.Counts[0] != 0 {
+		t.Fatalf("reads %+v: want 3 of at least 2ms", r)
+	}
+}
+
+// sleepTarget completes every request 2 ms later from another goroutine.
+type sleepTarget struct{ NullTarget }
+
+func (s *sleepTarget) NewQueue(q *QueueContext) (QueueHandler, error) { return &sleepQueue{q: q}, nil }
+
+type sleepQueue struct {
+	q  *QueueContext
+	wg sync.WaitGroup
+}
+
+func (h *sleepQueue) Handle(r *Request) {
+	tag := r.Tag
+	h.wg.Add(1)
+	time.AfterFunc(2*time.Millisecond, func() { defer h.wg.Done(); h.q.Complete(tag, 0) })
+}
+func (h *sleepQueue) Close() { h.wg.Wait() }
