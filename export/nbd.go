@@ -82,6 +82,13 @@ package export
 // whole file, so a flush on one connection covers the writes completed on
 // all of them. READ_ONLY for read-only exports and ro access.
 //
+// # Idle connections
+//
+// Config.IdleTimeout does not apply: NBD has no ping, and an idle kernel
+// nbd device or qemu drive legitimately sends nothing for hours. A peer
+// that vanished is found by TCP keep-alive (transport.DefaultKeepAlive)
+// and its connection ends like any lost one.
+//
 // # TLS
 //
 // With NBDOptions.TLS the negotiation accepts STARTTLS (internal/nbd
