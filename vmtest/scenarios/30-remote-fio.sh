@@ -44,7 +44,18 @@ id=${dev#/dev/ublkb}
 	fail "dst list does not show $dev with its URL and state up: $("$DST" list)"
 log "remote device $dev: $("$DST" list | tail -n +2)"
 fio_verify "$dev" 4k 1
+# dst stats while fio runs: 4 lines, and some show I/O ($4: read IOPS,
+# $9: write IOPS).
+"$DST" stats "$id" --count 4 >"$VMTEST_TMP/stats-live.out" 2>&1 &
+stats_pid=$!
 fio_verify "$dev" 4k 32
+wait "$stats_pid" || fail "dst stats $id --count 4 failed: $(cat "$VMTEST_TMP/stats-live.out")"
+busy=$(awk '$4 + $9 > 0' "$VMTEST_TMP/stats-live.out" | wc -l)
+lines=$(wc -l <"$VMTEST_TMP/stats-live.out")
+if [ "$lines" -ne 4 ] || [ "$busy" -lt 1 ]; then
+	fail "dst stats during fio: $lines lines, $busy with I/O: $(cat "$VMTEST_TMP/stats-live.out")"
+fi
+report "dst stats during fio: $(awk '$4 + $9 > 0' "$VMTEST_TMP/stats-live.out" | head -n 1)"
 fio_verify "$dev" 1m 8
 w=$(metric dst_device_requests_total 'op="write"' http://127.0.0.1:9110/metrics)
 wb=$(metric dst_device_bytes_total 'op="write"' http://127.0.0.1:9110/metrics)
