@@ -636,3 +636,74 @@ func TestNBDExportName(t *testing.T) {
 		t.Fatal("file content around an unaligned write is wrong")
 	}
 }
+
+// TestNBDShutdownUnderLoad: Shutdown while four connections keep many
+// reads and writes in flight (and one client stopped reading its replies)
+// ends every connection, returns in time and leaves no goroutine.
+func TestNBDShutdownUnderLoad(t *testing.T) {
+	base := runtime.NumGoroutine()
+	cfg := config(exporttest.File(t, testSize))
+	cfg.Log = exporttest.TestLogger(t)
+	s, err := export.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServeNBD(context.Background(), l) }()
+	var wg sync.WaitGroup
+	for k := range 4 {
+		c := dialNBD(t, l.Addr().String(), nbd.ClientOptions{Export: "disk", Structured: k%2 == 0, BlockSize: true})
+		wg.Add(2)
+		go func() { // sender: until the exporter closes
+			defer wg.Done()
+			p := pattern(16<<10, uint64(k))
+			for i := uint64(0); ; i++ {
+				var b []byte
+				if i%2 == 0 {
+					b = append(nbd.AppendRequest(nil, req(nbd.CmdWrite, i, (i%256)*16<<10, 16<<10)), p...)
+				} else {
+					b = nbd.AppendRequest(nil, req(nbd.CmdRead, i, (i%256)*16<<10, 16<<10))
+				}
+				if _, err := c.c.Write(b); err != nil {
+					return
+				}
+			}
+		}()
+		go func() { // receiver, except on the last client (it never reads)
+			defer wg.Done()
+			if k == 3 {
+				return
+			}
+			lengths := map[uint64]uint32{}
+			for i := uint64(1); i < 1<<20; i += 2 {
+				lengths[i] = 16 << 10
+			}
+			for {
+				if _, err := c.recv(lengths); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The client that stopped reading holds its connection's writer for
+	// the NBD write timeout (10 s), no longer.
+	if d := time.Since(start); d > 15*time.Second || ctx.Err() != nil {
+		t.Fatalf("Shutdown under load took %v", d)
+	}
+	if err := <-done; !errors.Is(err, export.ErrServerClosed) {
+		t.Fatalf("ServeNBD: %v", err)
+	}
+	wg.Wait() // the exporter closed every connection: senders and receivers end
+	checkNoLeak(t, base)
+}
