@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"strings"
 	"sync"
 	"syscall"
@@ -225,7 +224,6 @@ func TestDeviceCollectorAndDelta(t *testing.T) {
 	}
 	ms := NewServer(reg)
 	ms.Serve(l, nil)
-	defer ms.Close()
 	sample := func(at time.Time) Sample {
 		fams, err := Fetch(context.Background(), sock)
 		if err != nil {
@@ -264,7 +262,11 @@ func TestDeviceCollectorAndDelta(t *testing.T) {
 	if !strings.Contains(line, "read      50 IOPS") || strings.Contains(line, "reconnects") {
 		t.Errorf("line %q", line)
 	}
-	if _, err := net.Dial("unix", sock); err != nil {
+	// Close stops serving: the socket no longer answers.
+	if err := ms.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := Fetch(context.Background(), sock); err == nil {
+		t.Fatal("metrics still served after Close")
 	}
 }

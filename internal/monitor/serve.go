@@ -79,7 +79,7 @@ func NewServer(reg *prometheus.Registry) *Server {
 		}
 		fmt.Fprintln(w, "dst metrics: /metrics")
 	})
-	return &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
+	return &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}}
 }
 
 // Serve serves on l until Close; errors other than the close are given to

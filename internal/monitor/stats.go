@@ -21,13 +21,16 @@ import (
 // Fetch reads the metrics of a daemon: target is the path of a Unix
 // socket (/run/dst/ublkN.metrics) or an http:// URL.
 func Fetch(ctx context.Context, target string) (map[string]*dto.MetricFamily, error) {
-	client := &http.Client{Timeout: 5 * time.Second}
+	// One connection per fetch, closed after it: nothing lingers between
+	// dst stats' samples.
+	tr := &http.Transport{DisableKeepAlives: true}
+	client := &http.Client{Timeout: 5 * time.Second, Transport: tr}
 	url := target
 	if !strings.HasPrefix(target, "http://") && !strings.HasPrefix(target, "https://") {
-		client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", target)
-		}}
+		}
 		url = "http://unix/metrics"
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
