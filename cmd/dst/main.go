@@ -15,7 +15,7 @@ var version = "dev"
 
 func main() {
 	app := newApp()
-	if err := app.Run(os.Args); err != nil {
+	if err := app.Run(interspersed(app, os.Args)); err != nil {
 		fmt.Fprintf(os.Stderr, "dst: %v\n", err)
 		var ue usageError
 		if errors.As(err, &ue) {

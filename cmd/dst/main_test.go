@@ -38,7 +38,10 @@ func TestFormatSize(t *testing.T) {
 }
 
 // run executes the CLI in-process and returns its error.
-func run(args ...string) error { return newApp().Run(append([]string{"dst"}, args...)) }
+func run(args ...string) error {
+	app := newApp()
+	return app.Run(interspersed(app, append([]string{"dst"}, args...)))
+}
 
 // TestBadFlagsFailBeforeAnything: command-line mistakes are usage errors
 // (exit status 2) that name the problem, found before any device or
