@@ -461,6 +461,13 @@ func (c *Conn) parse() {
 				}
 				continue
 			}
+			if b := c.rcv.Buffered(); len(b) >= n+c.tag {
+				// All in the staging buffer (small replies): opened
+				// from there, into the request's buffer, no copy.
+				c.openIn(r, b[:n+c.tag])
+				c.rcv.Consume(n + c.tag)
+				continue
+			}
 			if cap(c.body) < n+c.tag {
 				c.body = make([]byte, n+c.tag)
 			}
@@ -505,7 +512,7 @@ func (c *Conn) parse() {
 }
 
 // opened verifies the reply r whose payload and trailer are in c.body and
-// steps it. A frame that does not verify is lost (PROTOCOL.md §8.5): not
+// steps it (openIn). A frame that does not verify is lost (PROTOCOL.md §8.5): not
 // stepped, so its transaction is resent after its timeout, and it does
 // not count as a sign of life; it is counted in Stats.Corrupt. A checksum
 // mismatch drops the frame and the connection goes on; an AEAD failure
@@ -513,8 +520,13 @@ func (c *Conn) parse() {
 // closes the connection: the next one gets fresh keys, and the engine
 // resends what is unanswered.
 func (c *Conn) opened(r wire.Reply) {
+	c.openIn(r, c.body[:r.PayloadLen()+c.tag])
+}
+
+// openIn is opened with the reply's payload and trailer in in (c.body,
+// or the staging buffer); it may decrypt in place.
+func (c *Conn) openIn(r wire.Reply, in []byte) {
 	n := r.PayloadLen()
-	in := c.body[:n+c.tag]
 	var dst []byte
 	if n > 0 {
 		dst = c.e.Receiving(r.ID, r.Length)
