@@ -55,6 +55,10 @@ func attachCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			workers, err := cryptoWorkers(c, cc.Suite)
+			if err != nil {
+				return err
+			}
 			rawURL := c.Args().First()
 			u, err := transport.ParseURL(rawURL)
 			if err != nil {
@@ -79,6 +83,9 @@ func attachCommand() *cli.Command {
 			ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
 			opts := remoteOptions(rawURL, c.Duration("timeout"), c.Int("retries"), c.Duration("ping"), o.Depth, c.Bool("ro"), k)
 			opts.Crypto = cc
+			if opts.CryptoPool = newCryptoPool(workers); opts.CryptoPool != nil {
+				defer opts.CryptoPool.Close() // after the queues are gone
+			}
 			target, err := txn.DialTarget(ctx, opts)
 			cancel()
 			if err != nil {

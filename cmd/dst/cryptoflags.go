@@ -15,7 +15,35 @@ func cryptoFlags() []cli.Flag {
 		&cli.StringFlag{Name: "checksum", Usage: "checksum every frame with `ALG`: crc32c, sha256 or blake3; a corrupted frame is dropped and resent (the other side must use the same)"},
 		&cli.StringFlag{Name: "cipher", Usage: "encrypt and authenticate every frame with `ALG`: aes-256-gcm or chacha20-poly1305, with the key of --key-file (the other side must use the same cipher and key)"},
 		&cli.StringFlag{Name: "key-file", Usage: "the pre-shared key for --cipher: `FILE` of 32 bytes made by dst keygen, mode 0600"},
+		&cli.IntFlag{Name: "crypto-workers", Usage: "seal payloads above 8-32 KiB (by suite) on a pool of up to `N` workers that grows under load and shrinks when idle; 0 seals and opens everything inline on the connection threads (measured faster when client and exporter share few CPUs, docs/BENCHMARKS.md)"},
 	}
+}
+
+// maxCryptoWorkers bounds --crypto-workers.
+const maxCryptoWorkers = 256
+
+// cryptoWorkers checks --crypto-workers against the suite in effect: 0..
+// maxCryptoWorkers, and a pool only with a checksum or a cipher.
+func cryptoWorkers(c *cli.Context, s crypto.Suite) (int, error) {
+	n := c.Int("crypto-workers")
+	switch {
+	case n < 0 || n > maxCryptoWorkers:
+		return 0, usagef("--crypto-workers %d out of range: need 0..%d (0: inline)", n, maxCryptoWorkers)
+	case n > 0 && s == crypto.None:
+		return 0, usagef("--crypto-workers is only used with --checksum or --cipher")
+	}
+	return n, nil
+}
+
+// newCryptoPool returns the pool for --crypto-workers n, or nil for 0
+// (inline). It is adaptive (crypto.Pool): one worker always runs, more
+// start while jobs wait, up to n, and those above one exit after 100 ms
+// without work.
+func newCryptoPool(n int) *crypto.Pool {
+	if n == 0 {
+		return nil
+	}
+	return crypto.NewPool(crypto.PoolConfig{Min: 1, Max: n})
 }
 
 // cryptoConfig reads the crypto flags: at most one of --checksum and

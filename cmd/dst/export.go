@@ -223,6 +223,9 @@ func exportConfigDST(c *cli.Context) (export.Config, []string, error) {
 			return cfg, nil, err
 		}
 	}
+	if _, err := cryptoWorkers(c, cfg.Crypto.Suite); err != nil {
+		return cfg, nil, err
+	}
 	if err := applyExportFaults(c, &cfg); err != nil {
 		return cfg, nil, err
 	}
@@ -293,6 +296,9 @@ func runExport(c *cli.Context) error {
 		return err
 	}
 	cfg.Log = log
+	if cfg.CryptoPool = newCryptoPool(c.Int("crypto-workers")); cfg.CryptoPool != nil {
+		defer cfg.CryptoPool.Close() // after the server has shut down
+	}
 	srv, err := export.New(cfg)
 	if err != nil {
 		if ml != nil {
