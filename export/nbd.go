@@ -148,58 +148,7 @@ func (s *Server) ServeNBDWith(ctx context.Context, l net.Listener, o NBDOptions)
 		l.Close()
 		return errors.New("export: NBD RequireTLS without a TLS config")
 	}
-	s.mu.Lock()
-	if s.stopping {
-		s.mu.Unlock()
-		l.Close()
-		return ErrServerClosed
-	}
-	s.wg.Add(1)
-	s.mu.Unlock()
-	defer s.wg.Done()
-
-	lctx, cancel := context.WithCancel(ctx)
-	closed := make(chan struct{})
-	go func() { // closes l to end Accept; waited for below
-		defer close(closed)
-		select {
-		case <-lctx.Done():
-		case <-s.stopCh:
-		}
-		l.Close()
-	}()
-	defer func() {
-		cancel()
-		<-closed
-	}()
-	s.log.Info("listening (NBD)", zap.Stringer("addr", l.Addr()))
-	backoff := 5 * time.Millisecond
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			select {
-			case <-s.stopCh:
-				return ErrServerClosed
-			default:
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if temporaryAcceptError(err) {
-				s.log.Warn("accept", zap.Stringer("addr", l.Addr()), zap.Error(err), zap.Duration("retry_in", backoff))
-				select {
-				case <-time.After(backoff):
-				case <-lctx.Done():
-				case <-s.stopCh:
-				}
-				backoff = min(2*backoff, time.Second)
-				continue
-			}
-			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
-		}
-		backoff = 5 * time.Millisecond
-		s.acceptNBD(nc, o)
-	}
+	return s.serveListener(ctx, l, "listening (NBD)", func(nc net.Conn) { s.acceptNBD(nc, o) })
 }
 
 func (s *Server) acceptNBD(nc net.Conn, o NBDOptions) {

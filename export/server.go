@@ -186,6 +186,14 @@ func (e *export) close() error {
 // It returns ErrServerClosed after Shutdown, ctx.Err() when ctx ended it,
 // or the error that broke the listener.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	return s.serveListener(ctx, l, "listening", s.accept)
+}
+
+// serveListener is the accept loop of Serve and ServeNBDWith: it registers
+// with the server's wait group (refusing after Shutdown began), closes l
+// when ctx ends or Shutdown begins, retries temporary accept errors with a
+// backoff, and hands every connection to accept.
+func (s *Server) serveListener(ctx context.Context, l net.Listener, what string, accept func(net.Conn)) error {
 	s.mu.Lock()
 	if s.stopping {
 		s.mu.Unlock()
@@ -210,7 +218,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		cancel()
 		<-closed
 	}()
-	s.log.Info("listening", zap.Stringer("addr", l.Addr()))
+	s.log.Info(what, zap.Stringer("addr", l.Addr()))
 	backoff := 5 * time.Millisecond
 	for {
 		nc, err := l.Accept()
@@ -236,7 +244,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 			return fmt.Errorf("accept on %s: %w", l.Addr(), err)
 		}
 		backoff = 5 * time.Millisecond
-		s.accept(nc)
+		accept(nc)
 	}
 }
 
