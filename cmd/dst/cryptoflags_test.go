@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -88,28 +85,12 @@ func TestExportCryptoWorkers(t *testing.T) {
 	if err := run("keygen", keyFile); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "export", "--export", "disk="+exporttest.File(t, bs*blocks), "--allow-all=rw",
+	proc := startDst(t, "export", "--export", "disk="+exporttest.File(t, bs*blocks), "--allow-all=rw",
 		"--listen", "dst://127.0.0.1:0", "--cipher", "aes-256-gcm", "--key-file", keyFile, "--crypto-workers", "2")
-	cmd.Env = append(os.Environ(), "DST_TEST_MAIN=1")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	url, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
-	if err != nil || !ok {
-		t.Fatalf("line %q, %v; stderr:\n%s", line, err, stderr.String())
+	line := proc.line(t)
+	url, ok := strings.CutPrefix(line, "listening ")
+	if !ok {
+		t.Fatalf("line %q; stderr:\n%s", line, proc.stderr.String())
 	}
 	key, err := crypto.LoadKeyFile(keyFile)
 	if err != nil {
@@ -144,16 +125,5 @@ func TestExportCryptoWorkers(t *testing.T) {
 		}
 	}
 	c.Close(context.Background())
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Fatalf("dst export after SIGTERM: %v; stderr:\n%s", err, stderr.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("dst export did not stop on SIGTERM")
-	}
+	proc.stop(t, 10*time.Second)
 }

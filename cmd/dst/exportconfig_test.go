@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -295,27 +293,11 @@ func TestExportSIGHUP(t *testing.T) {
 	dir := t.TempDir()
 	pa, pb := exporttest.File(t, 1<<20), exporttest.File(t, 1<<20)
 	p := writeConfig(t, dir, "[access]\nallow = [\"127.0.0.1=rw\"]\n[[export]]\nname = \"a\"\npath = \""+pa+"\"\n")
-	cmd := exec.Command(os.Args[0], "export", "--config", p, "--listen", "dst://127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "DST_TEST_MAIN=1")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
-	if err != nil || !ok {
-		t.Fatalf("first line %q, %v; stderr:\n%s", line, err, stderr.String())
+	proc := startDst(t, "export", "--config", p, "--listen", "dst://127.0.0.1:0")
+	line := proc.line(t)
+	addr, ok := strings.CutPrefix(line, "listening ")
+	if !ok {
+		t.Fatalf("first line %q; stderr:\n%s", line, proc.stderr.String())
 	}
 	hello := func(name string) error {
 		c := exporttest.Dial(t, addr)
@@ -330,13 +312,13 @@ func TestExportSIGHUP(t *testing.T) {
 		t.Fatal("export b is served before it is in the file")
 	}
 	writeConfig(t, dir, "[access]\nallow = [\"127.0.0.1=rw\"]\n[[export]]\nname = \"b\"\npath = \""+pb+"\"\n")
-	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for hello("b") != nil {
 		if time.Now().After(deadline) {
-			t.Fatalf("export b not served after SIGHUP; stderr:\n%s", stderr.String())
+			t.Fatalf("export b not served after SIGHUP; stderr:\n%s", proc.stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -344,19 +326,8 @@ func TestExportSIGHUP(t *testing.T) {
 	if err := hello("a"); !errors.As(err, &re) || re.Code != wire.RefuseNoSuchExport {
 		t.Fatalf("export a after SIGHUP: %v, want NO_SUCH_EXPORT", err)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Fatalf("dst export after SIGTERM: %v; stderr:\n%s", err, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("dst export did not stop on SIGTERM")
-	}
-	if !strings.Contains(stderr.String(), "configuration reloaded") {
-		t.Errorf("no reload in the log:\n%s", stderr.String())
+	proc.stop(t, 20*time.Second)
+	if !strings.Contains(proc.stderr.String(), "configuration reloaded") {
+		t.Errorf("no reload in the log:\n%s", proc.stderr.String())
 	}
 }

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,31 +18,14 @@ import (
 // listener, and stops cleanly on SIGTERM.
 func TestExportNBDListen(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
-	cmd := exec.Command(os.Args[0], "export", "--export", "disk="+exporttest.File(t, 1<<20), "--allow", "127.0.0.1=rw",
+	proc := startDst(t, "export", "--export", "disk="+exporttest.File(t, 1<<20), "--allow", "127.0.0.1=rw",
 		"--nbd-listen", "nbd://127.0.0.1:0", "--nbd-listen", "nbd+unix:///?socket="+sock)
-	cmd.Env = append(os.Environ(), "DST_TEST_MAIN=1")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	r := bufio.NewReader(stdout)
 	var urls []string
 	for range 2 {
-		line, err := r.ReadString('\n')
-		u, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
-		if err != nil || !ok {
-			t.Fatalf("line %q, %v; stderr:\n%s", line, err, stderr.String())
+		line := proc.line(t)
+		u, ok := strings.CutPrefix(line, "listening ")
+		if !ok {
+			t.Fatalf("line %q; stderr:\n%s", line, proc.stderr.String())
 		}
 		urls = append(urls, u)
 	}
@@ -68,21 +48,10 @@ func TestExportNBDListen(t *testing.T) {
 			t.Fatalf("NBD handshake: %+v, %v", info, err)
 		}
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Fatalf("dst export after SIGTERM: %v; stderr:\n%s", err, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("dst export did not stop on SIGTERM")
-	}
+	proc.stop(t, 20*time.Second)
 	// No DST listener: its log line is "listening" without "(NBD)".
-	if strings.Contains(stderr.String(), "\tlistening\t") || strings.Count(stderr.String(), "\tlistening (NBD)\t") != 2 {
-		t.Errorf("want exactly the two NBD listeners in the log:\n%s", stderr.String())
+	if strings.Contains(proc.stderr.String(), "\tlistening\t") || strings.Count(proc.stderr.String(), "\tlistening (NBD)\t") != 2 {
+		t.Errorf("want exactly the two NBD listeners in the log:\n%s", proc.stderr.String())
 	}
 }
 
