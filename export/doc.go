@@ -59,7 +59,7 @@
 //
 // Variants: files on tmpfs or ramfs have no FMODE_NOWAIT, so io_uring would
 // hand each read and write to an io-wq thread and back; the loop copies
-// through a shared mapping of the file instead (memfile.go). Conns without
+// through a shared mapping of the file instead (backend.MemFile, internal/backend/memfile.go). Conns without
 // a socket descriptor (the mem transport, a wrapped net.Conn) are bridged
 // through a Unix socketpair by two copy goroutines (bridge.go): one loop
 // for every transport.

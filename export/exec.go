@@ -13,7 +13,7 @@ import (
 // names the op's slot, the CQE goes through backend Result, and finish
 // records the status and routes the reply. Three detours:
 //
-//   - memory files (tmpfs, ramfs; see memfile.go): reads, writes and
+//   - memory files (tmpfs, ramfs; see backend.InlineCopies): reads, writes and
 //     flushes run inline on the loop, as copies through a mapping of the
 //     file (or pread/pwrite), because io_uring would hand each of them to
 //     an io-wq thread and back;
@@ -88,22 +88,22 @@ func (c *conn) startInline(o *op) bool {
 	m := c.exp.mem
 	switch o.bop {
 	case backend.OpRead:
-		if m != nil && m.isData(o.off, o.length) && m.copyOut(o.data(), o.off) {
+		if m != nil && m.IsData(o.off, o.length) && m.CopyOut(o.data(), o.off) {
 			c.finish(o, nil)
 			return true
 		}
 	case backend.OpWrite:
 		// FUA needs nothing more: a memory filesystem has no cache to
 		// flush.
-		if m != nil && m.copyIn(o.off, o.data()) {
-			m.setData(o.off, o.length)
+		if m != nil && m.CopyIn(o.off, o.data()) {
+			m.SetData(o.off, o.length)
 			c.finish(o, nil)
 			return true
 		}
 	case backend.OpFlush: // fdatasync: a no-op on a memory filesystem
 	default:
 		if m != nil {
-			m.clearData(o.off, o.length)
+			m.ClearData(o.off, o.length)
 		}
 		return false
 	}

@@ -58,10 +58,10 @@ type export struct {
 	maxTransfer        uint32
 	physicalBlock      uint32
 	discardGranularity uint32
-	// inline: a memory file (memfile.go): reads, writes and flushes are
+	// inline: a memory file (backend.InlineCopies): reads, writes and flushes are
 	// done by the loops themselves, through mem when it is set.
 	inline bool
-	mem    *memFile
+	mem    *backend.MemFile
 
 	// Metrics (metrics.go), updated by the connections' loops.
 	io   metrics.IO
@@ -139,8 +139,8 @@ func (s *Server) openExport(ec ExportConfig) (*export, error) {
 		g := max(caps.DiscardGranularity, lbs)
 		e.discardGranularity = (g + lbs - 1) / lbs * lbs
 	}
-	if e.inline = inlineCopies(f); e.inline {
-		e.mem = mapFile(f) // nil if it cannot be mapped: pread and pwrite then
+	if e.inline = backend.InlineCopies(f); e.inline {
+		e.mem = backend.MapFile(f) // nil if it cannot be mapped: pread and pwrite then
 	}
 	s.log.Info("export ready", zap.String("export", ec.Name), zap.Stringer("file", f),
 		zap.Stringer("features", e.features), zap.Uint32("max_transfer", e.maxTransfer), zap.Bool("memory_file", e.inline))
@@ -166,7 +166,7 @@ func (s *Server) closeExports() error {
 func (e *export) close() error {
 	var errs []error
 	if e.mem != nil {
-		e.mem.unmap()
+		e.mem.Unmap()
 		e.mem = nil
 	}
 	if !e.cfg.ReadOnly {

@@ -15,7 +15,7 @@ package ublk
 // and no allocation. One exception: a file on tmpfs (or ramfs). There
 // io_uring cannot complete reads and writes inline (the filesystem does not
 // support RWF_NOWAIT, so the kernel hands every request to an io-wq thread
-// and back), and the data is memory anyway. Such a file is mapped (memFile)
+// and back), and the data is memory anyway. Such a file is mapped (backend.MemFile)
 // and the queue goroutine copies: writes into the mapping, reads out of it
 // where the pages are known to hold data, with pread elsewhere (reading a
 // hole through a mapping would allocate it). Measured for 4 KiB random
@@ -70,17 +70,17 @@ type FileTarget struct {
 	// BenchmarkFileTargetRing).
 	fixedFile bool
 	// inline: reads, writes and flushes run on the queue goroutine (files
-	// on a memory filesystem without RWF_NOWAIT, see inlineCopies): copies
+	// on a memory filesystem without RWF_NOWAIT, see backend.InlineCopies): copies
 	// through mem when it is set, pread and pwrite otherwise.
 	inline bool
-	mem    *memFile
+	mem    *backend.MemFile
 }
 
 // NewFileTarget wraps f, which the target then owns.
 func NewFileTarget(f *backend.File) *FileTarget {
-	t := &FileTarget{f: f, geom: fileGeometry(f), inline: inlineCopies(f)}
+	t := &FileTarget{f: f, geom: fileGeometry(f), inline: backend.InlineCopies(f)}
 	if t.inline {
-		t.mem = mapFile(f) // nil if it cannot be mapped: pread and pwrite then
+		t.mem = backend.MapFile(f) // nil if it cannot be mapped: pread and pwrite then
 	}
 	return t
 }
@@ -97,29 +97,6 @@ func (t *FileTarget) String() string {
 		return t.f.String() + "; memory filesystem: reads and writes with pread/pwrite on the queue thread"
 	}
 	return t.f.String() + "; I/O on the queue's io_uring"
-}
-
-// inlineCopies reports whether f is a file on a memory filesystem (tmpfs,
-// ramfs) whose reads and writes io_uring cannot complete inline. Such a
-// file has no FMODE_NOWAIT, which preadv2(RWF_NOWAIT) reveals as
-// EOPNOTSUPP; should a kernel add it, the ring path completes inline and
-// stays the better choice (batched, no syscall per request).
-func inlineCopies(f *backend.File) bool {
-	if f.IsBlockDevice() {
-		return false
-	}
-	var fs unix.Statfs_t
-	if err := unix.Fstatfs(f.Fd(), &fs); err != nil || (fs.Type != unix.TMPFS_MAGIC && fs.Type != unix.RAMFS_MAGIC) {
-		return false
-	}
-	n := int(f.LogicalBlockSize())
-	buf, err := uring.AlignedBuffer(max(n, os.Getpagesize()))
-	if err != nil {
-		return false
-	}
-	defer uring.FreeBuffer(buf)
-	_, err = unix.Preadv2(f.Fd(), [][]byte{buf[:n]}, 0, unix.RWF_NOWAIT)
-	return err == unix.EOPNOTSUPP
 }
 
 func fileGeometry(f *backend.File) Geometry {
@@ -196,7 +173,7 @@ func (t *FileTarget) Describe() string {
 // and with it every helper.
 func (t *FileTarget) Close() error {
 	if t.mem != nil {
-		t.mem.unmap()
+		t.mem.Unmap()
 		t.mem = nil
 	}
 	return t.f.Close()
@@ -214,7 +191,7 @@ func (t *FileTarget) NewQueue(q *QueueContext) (QueueHandler, error) {
 	if t.mem != nil {
 		// A fault on the mapping (the file was truncated under us, or
 		// tmpfs is full when a write reaches a hole) becomes a panic that
-		// memFile's copies recover from, instead of killing the process.
+		// backend.MemFile's copies recover from, instead of killing the process.
 		// NewQueue runs on the queue goroutine, which does the copies.
 		debug.SetPanicOnFault(true)
 	}
@@ -311,21 +288,21 @@ func (h *fileQueue) handleInline(r *Request, op backend.Op, fl backend.Flags) bo
 	m := h.t.mem
 	switch op {
 	case backend.OpRead:
-		if m != nil && m.isData(r.Offset, r.Length) && m.copyOut(r.Buf, r.Offset) {
+		if m != nil && m.IsData(r.Offset, r.Length) && m.CopyOut(r.Buf, r.Offset) {
 			h.q.Complete(r.Tag, 0)
 			return true
 		}
 	case backend.OpWrite:
 		// FUA needs nothing more: tmpfs and ramfs have no cache to flush.
-		if m != nil && m.copyIn(r.Offset, r.Buf) {
-			m.setData(r.Offset, r.Length)
+		if m != nil && m.CopyIn(r.Offset, r.Buf) {
+			m.SetData(r.Offset, r.Length)
 			h.q.Complete(r.Tag, 0)
 			return true
 		}
 	case backend.OpFlush: // fdatasync: a no-op on a memory filesystem
 	default:
 		if m != nil {
-			m.clearData(r.Offset, r.Length)
+			m.ClearData(r.Offset, r.Length)
 		}
 		return false
 	}
@@ -390,102 +367,4 @@ func (h *fileQueue) Close() {
 	if h.fixed {
 		h.q.q.ring.UnregisterFiles() //nolint:errcheck // the ring closes next anyway
 	}
-}
-
-// memFile is a file on a memory filesystem mapped into the process, with a
-// bitmap of the pages known to hold data. Copies to and from the mapping
-// replace pread and pwrite. Reads use it only for pages known to hold data:
-// touching a hole through a mapping allocates it, which would fill a sparse
-// file by just reading it. Bits are set by the writes that allocate pages
-// (and at start, from SEEK_DATA) and cleared before discards and
-// write-zeroes, so a set bit may be stale (a page freed by someone else:
-// reading it allocates a page of zeroes) but never makes a read wrong.
-type memFile struct {
-	m     []byte
-	shift uint            // log2 of the page size
-	data  []atomic.Uint64 // bit per page: holds data
-}
-
-// mapFile maps f (shared, not populated) and records which pages hold data.
-func mapFile(f *backend.File) *memFile {
-	size := f.Size()
-	if size > 1<<40 || uint64(int(size)) != size {
-		return nil // a bitmap beyond 32 MiB: not worth it
-	}
-	prot := unix.PROT_READ
-	if !f.ReadOnly() {
-		prot |= unix.PROT_WRITE
-	}
-	m, err := unix.Mmap(f.Fd(), 0, int(size), prot, unix.MAP_SHARED)
-	if err != nil {
-		return nil
-	}
-	mf := &memFile{m: m, shift: uint(bits.TrailingZeros(uint(os.Getpagesize())))}
-	pages := (size + 1<<mf.shift - 1) >> mf.shift
-	mf.data = make([]atomic.Uint64, (pages+63)/64)
-	// Extents of data, as tmpfs reports them (page granular).
-	for off := int64(0); off < int64(size); {
-		d, err := unix.Seek(f.Fd(), off, unix.SEEK_DATA)
-		if err != nil {
-			break // ENXIO: only holes follow
-		}
-		h, err := unix.Seek(f.Fd(), d, unix.SEEK_HOLE)
-		if err != nil || h <= d {
-			break
-		}
-		mf.setData(uint64(d), uint32(min(h-d, 1<<31)))
-		off = min(h, d+1<<31)
-	}
-	return mf
-}
-
-func (m *memFile) unmap() { unix.Munmap(m.m) }
-
-// pages returns the first and last page of [off, off+n), n > 0.
-func (m *memFile) pages(off uint64, n uint32) (first, last uint64) {
-	return off >> m.shift, (off + uint64(n) - 1) >> m.shift
-}
-
-func (m *memFile) isData(off uint64, n uint32) bool {
-	first, last := m.pages(off, n)
-	for p := first; p <= last; p++ {
-		if m.data[p/64].Load()&(1<<(p%64)) == 0 {
-			return false
-		}
-	}
-	return true
-}
-
-func (m *memFile) setData(off uint64, n uint32) {
-	first, last := m.pages(off, n)
-	for p := first; p <= last; p++ {
-		if w := &m.data[p/64]; w.Load()&(1<<(p%64)) == 0 {
-			w.Or(1 << (p % 64))
-		}
-	}
-}
-
-func (m *memFile) clearData(off uint64, n uint32) {
-	first, last := m.pages(off, n)
-	for p := first; p <= last; p++ {
-		m.data[p/64].And(^uint64(1 << (p % 64)))
-	}
-}
-
-// copyOut and copyIn copy between b and the file at off (a range Check
-// accepted); false if the mapping faulted (the caller falls back to pread
-// or pwrite, which report the real error). They run on a goroutine with
-// debug.SetPanicOnFault(true).
-func (m *memFile) copyOut(b []byte, off uint64) bool { return copyFaulting(b, m.m[off:]) }
-
-func (m *memFile) copyIn(off uint64, b []byte) bool { return copyFaulting(m.m[off:], b) }
-
-func copyFaulting(dst, src []byte) (ok bool) {
-	defer func() {
-		if recover() != nil {
-			ok = false
-		}
-	}()
-	copy(dst, src)
-	return true
 }

@@ -48,7 +48,7 @@ func (t *FileTarget) force(mode string) {
 		return
 	}
 	if t.mem != nil {
-		t.mem.unmap()
+		t.mem.Unmap()
 		t.mem = nil
 	}
 	t.inline = mode == "pread"
@@ -697,7 +697,7 @@ func TestFileTargetMemSparse(t *testing.T) {
 	if m == nil {
 		t.Skip("target did not map the tmpfs file (tmpfs supports RWF_NOWAIT on this kernel?)")
 	}
-	if !m.isData(1<<20, ps) || m.isData(0, ps) || m.isData(1<<20, 2*ps) {
+	if !m.IsData(1<<20, ps) || m.IsData(0, ps) || m.IsData(1<<20, 2*ps) {
 		t.Fatal("data bitmap does not match the file's extents")
 	}
 	if b := fileBlocks(t, path); b != ps/512 {
