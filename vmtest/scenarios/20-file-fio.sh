@@ -9,24 +9,6 @@ set -eu
 . /tests/lib.sh
 need_dst
 
-# dst_device NAME [TIMEOUT_S=20]: the device path dst NAME printed on
-# stdout, once the block device exists; fails at once if dst exited.
-dst_device() {
-	_i=0
-	while :; do
-		_d=$(grep -m 1 -E '^/dev/ublkb[0-9]+$' "$VMTEST_TMP/$1.log" 2>/dev/null || true)
-		if [ -n "$_d" ] && [ -b "$_d" ]; then echo "$_d"; return 0; fi
-		_p=$(bg_pid "$1") || { echo "ERROR: no daemon $1" >&2; return 1; }
-		if ! kill -0 "$_p" 2>/dev/null || [ "$(awk '{print $3}' "/proc/$_p/stat" 2>/dev/null)" = Z ]; then
-			echo "ERROR: dst ($1) exited before its device appeared: $(grep -v '^$' "$VMTEST_TMP/$1.log" | tail -n 1)" >&2
-			return 1
-		fi
-		_i=$((_i + 1))
-		[ "$_i" -le $((${2:-20} * 20)) ] || { echo "ERROR: dst ($1) showed no device within ${2:-20}s" >&2; return 1; }
-		sleep 0.05
-	done
-}
-
 # verify_all DEV: the bs x depth matrix.
 verify_all() {
 	for bs in 4k 64k 1m; do
