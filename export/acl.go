@@ -51,28 +51,48 @@ func ParseAccess(s string) (Access, error) {
 
 // A Rule grants Access to the peers in Prefix, or, with Local, to the
 // peers that have no IP address: Unix-socket peers and in-process (mem
-// transport) peers.
+// transport) peers, or, with Cert, to NBD clients that present a
+// verified TLS client certificate with that identity.
 type Rule struct {
 	Prefix netip.Prefix // masked; IPv4 prefixes are 4-byte (never ::ffff:a.b.c.d)
 	Local  bool         // the rule is "unix=rw|ro"; Prefix is unused
-	Access Access       // ReadOnly or ReadWrite
+	// Cert, if not empty, makes the rule "cert:NAME=rw|ro": it matches an
+	// NBD client whose TLS certificate verified against the listener's
+	// client CAs and whose subject common name, or one of whose DNS
+	// subject alternative names, is NAME (exactly). Prefix is unused.
+	// DST clients have no certificates: these rules never match them.
+	Cert   string
+	Access Access // ReadOnly or ReadWrite
 }
 
-// String returns the rule as ParseRule reads it: "10.0.0.0/8=rw", "unix=ro".
+// certPrefix starts a certificate identity rule.
+const certPrefix = "cert:"
+
+// String returns the rule as ParseRule reads it: "10.0.0.0/8=rw",
+// "unix=ro", "cert:backup-host=ro".
 func (r Rule) String() string {
-	if r.Local {
+	switch {
+	case r.Local:
 		return "unix=" + r.Access.String()
+	case r.Cert != "":
+		return certPrefix + r.Cert + "=" + r.Access.String()
 	}
 	return r.Prefix.String() + "=" + r.Access.String()
 }
 
 // ParseRule reads a rule "CIDR=rw|ro" (a bare address is a /32 or /128;
-// an IPv4-mapped IPv6 prefix is turned into its IPv4 form) or
-// "unix=rw|ro" for peers without an IP address.
+// an IPv4-mapped IPv6 prefix is turned into its IPv4 form), "unix=rw|ro"
+// for peers without an IP address, or "cert:NAME=rw|ro" for NBD clients
+// with a verified TLS certificate for NAME (its common name or a DNS
+// name; NAME may contain "=": the access is after the last one).
 func ParseRule(s string) (Rule, error) {
 	who, right, ok := strings.Cut(s, "=")
+	if strings.HasPrefix(s, certPrefix) {
+		i := strings.LastIndex(s, "=")
+		who, right, ok = s[:max(i, 0)], s[i+1:], i >= 0
+	}
 	if !ok {
-		return Rule{}, fmt.Errorf("access rule %q: want CIDR=rw|ro or unix=rw|ro", s)
+		return Rule{}, fmt.Errorf("access rule %q: want CIDR=rw|ro, unix=rw|ro or cert:NAME=rw|ro", s)
 	}
 	a, err := ParseAccess(right)
 	if err != nil {
@@ -80,6 +100,12 @@ func ParseRule(s string) (Rule, error) {
 	}
 	if who == "unix" {
 		return Rule{Local: true, Access: a}, nil
+	}
+	if name, isCert := strings.CutPrefix(who, certPrefix); isCert {
+		if err := validCertName(name); err != nil {
+			return Rule{}, fmt.Errorf("access rule %q: %w", s, err)
+		}
+		return Rule{Cert: name, Access: a}, nil
 	}
 	if strings.Contains(who, "%") {
 		return Rule{}, fmt.Errorf("access rule %q: IPv6 zones are not allowed", s)
@@ -100,6 +126,23 @@ func ParseRule(s string) (Rule, error) {
 	return Rule{Prefix: canonPrefix(p), Access: a}, nil
 }
 
+// validCertName checks the NAME of a cert:NAME rule: not empty, printable
+// and at most 255 bytes (a DNS name's limit; common names are shorter).
+func validCertName(name string) error {
+	if name == "" {
+		return errors.New("empty certificate name after cert:")
+	}
+	if len(name) > 255 {
+		return fmt.Errorf("certificate name of %d bytes, at most 255", len(name))
+	}
+	for _, r := range name {
+		if r < 0x20 || r == 0x7f {
+			return errors.New("control character in the certificate name")
+		}
+	}
+	return nil
+}
+
 // canonPrefix masks p and turns an IPv4-mapped IPv6 prefix of at least 96
 // bits into the IPv4 prefix (peers are compared unmapped).
 func canonPrefix(p netip.Prefix) netip.Prefix {
@@ -116,6 +159,12 @@ func canonPrefix(p netip.Prefix) netip.Prefix {
 // Rule whose Prefix contains their address (an IPv4 peer of a dual-stack
 // listener is compared as IPv4), or AllowAll if none does; with AllowAll
 // Deny they are closed at accept without a handshake.
+//
+// NBD clients that presented a verified TLS client certificate get the
+// best Access of the Rules whose Cert is one of its identities (subject
+// common name, DNS names); a certificate no rule names, and clients
+// without one, fall back to the address rules above. DST clients are
+// judged by address only.
 //
 // Peers without an IP address — Unix sockets, whose access is controlled
 // by the socket file's permissions (mode 0660), and in-process mem peers —
@@ -149,6 +198,19 @@ func (a ACL) compile() (*aclTable, error) {
 		if r.Access != ReadOnly && r.Access != ReadWrite {
 			return nil, fmt.Errorf("access rule %v: access must be ro or rw", r)
 		}
+		if r.Cert != "" {
+			if err := validCertName(r.Cert); err != nil {
+				return nil, fmt.Errorf("access rule %v: %w", r, err)
+			}
+			if t.certs == nil {
+				t.certs = map[string]Access{}
+			}
+			if _, dup := t.certs[r.Cert]; dup {
+				return nil, fmt.Errorf("access list: certificate name %q appears twice", r.Cert)
+			}
+			t.certs[r.Cert] = r.Access
+			continue
+		}
 		if r.Local {
 			if haveLocal {
 				return nil, fmt.Errorf("access list: more than one unix=rw|ro rule")
@@ -177,6 +239,7 @@ type aclTable struct {
 	rules    []Rule // most specific first
 	allowAll Access
 	local    Access
+	certs    map[string]Access // cert:NAME rules
 }
 
 // peer describes a connection's remote end for access control and logs.
@@ -214,4 +277,24 @@ func (t *aclTable) lookup(p peer) (Access, string) {
 		return t.allowAll, "allow-all"
 	}
 	return Deny, "no matching rule"
+}
+
+// hasCertRules tells whether a certificate may grant access that the
+// peer's address does not.
+func (t *aclTable) hasCertRules() bool { return len(t.certs) > 0 }
+
+// lookupCert is lookup for an NBD client whose verified TLS certificate
+// has the identities ids (none: no certificate): the best access a
+// cert: rule grants to one of them, else the address rules.
+func (t *aclTable) lookupCert(p peer, ids []string) (Access, string) {
+	best, rule := Deny, ""
+	for _, id := range ids {
+		if a, ok := t.certs[id]; ok && a > best {
+			best, rule = a, certPrefix+id
+		}
+	}
+	if best != Deny {
+		return best, rule
+	}
+	return t.lookup(p)
 }

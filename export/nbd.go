@@ -96,6 +96,19 @@ package export
 // *tls.Conn (rw), while deadlines and Close act on the accepted
 // connection underneath (nc). RequireTLS refuses everything else first.
 //
+// Client certificates: when the TLS config verifies them (ClientCAs with
+// VerifyClientCertIfGiven or RequireAndVerifyClientCert), crypto/tls
+// refuses one that does not verify (the handshake fails, the connection
+// closes), and the identities of one that does (subject CN, DNS SANs) are
+// taken in VerifyConnection, on the connection's goroutine, before any
+// export is looked up. The access list's cert:NAME rules then decide
+// (ACL; the best access of the rules naming one of them), and a client
+// without a certificate, or with one no rule names, is judged by its
+// address. A peer whose address is on no rule is therefore not closed at
+// accept when there are cert: rules and certificates are verified: it
+// must start TLS (RequireTLS for that connection), and is refused
+// NBD_REP_ERR_POLICY unless its certificate is named.
+//
 // Shutdown stops reading, finishes and answers what is in flight, then
 // closes (NBD has no GOODBYE; clients see the connection end).
 
@@ -125,13 +138,47 @@ const nbdWriteTimeout = 10 * time.Second
 
 // NBDOptions configure an NBD listener (ServeNBDWith).
 type NBDOptions struct {
-	// TLS, if set, lets clients upgrade with STARTTLS (server certificate;
-	// client certificates as the config says — they are not mapped to the
-	// access list yet).
+	// TLS, if set, lets clients upgrade with STARTTLS (server
+	// certificate). With ClientAuth VerifyClientCertIfGiven or
+	// RequireAndVerifyClientCert and ClientCAs, client certificates are
+	// verified (one that does not verify fails the TLS handshake, which
+	// closes the connection) and their identities are matched against the
+	// access list's cert:NAME rules (ACL).
 	TLS *tls.Config
+	// GetTLS, if set, is called for each connection instead of reading
+	// TLS, so that certificates can be replaced while serving (a reload).
+	// A nil result means no TLS for that connection.
+	GetTLS func() *tls.Config
 	// RequireTLS refuses every option but STARTTLS and ABORT until TLS is
-	// up (NBD_REP_ERR_TLS_REQD). Needs TLS.
+	// up (NBD_REP_ERR_TLS_REQD). Needs TLS or GetTLS.
 	RequireTLS bool
+}
+
+func (o *NBDOptions) tlsConfig() *tls.Config {
+	if o.GetTLS != nil {
+		return o.GetTLS()
+	}
+	return o.TLS
+}
+
+// verifiesClients: cfg asks for client certificates and checks them.
+func verifiesClients(cfg *tls.Config) bool {
+	return cfg != nil && cfg.ClientCAs != nil &&
+		(cfg.ClientAuth == tls.VerifyClientCertIfGiven || cfg.ClientAuth == tls.RequireAndVerifyClientCert)
+}
+
+// certIdentities are the names of a verified client certificate that
+// cert:NAME rules match: the subject common name and the DNS names.
+func certIdentities(cs tls.ConnectionState) []string {
+	if len(cs.VerifiedChains) == 0 || len(cs.PeerCertificates) == 0 {
+		return nil
+	}
+	leaf := cs.PeerCertificates[0]
+	ids := make([]string, 0, 1+len(leaf.DNSNames))
+	if leaf.Subject.CommonName != "" {
+		ids = append(ids, leaf.Subject.CommonName)
+	}
+	return append(ids, leaf.DNSNames...)
 }
 
 // ServeNBD accepts NBD clients on l until ctx ends or Shutdown begins,
@@ -144,7 +191,7 @@ func (s *Server) ServeNBD(ctx context.Context, l net.Listener) error {
 
 // ServeNBDWith is ServeNBD with options (TLS).
 func (s *Server) ServeNBDWith(ctx context.Context, l net.Listener, o NBDOptions) error {
-	if o.RequireTLS && o.TLS == nil {
+	if o.RequireTLS && o.TLS == nil && o.GetTLS == nil {
 		l.Close()
 		return errors.New("export: NBD RequireTLS without a TLS config")
 	}
@@ -153,9 +200,22 @@ func (s *Server) ServeNBDWith(ctx context.Context, l net.Listener, o NBDOptions)
 
 func (s *Server) acceptNBD(nc net.Conn, o NBDOptions) {
 	p := peerOf(nc)
-	access, rule := s.acl.Load().lookup(p)
-	if access == Deny {
+	acl := s.acl.Load()
+	access, rule := acl.lookup(p)
+	tlsCfg := o.tlsConfig()
+	if access == Deny && !(acl.hasCertRules() && verifiesClients(tlsCfg)) {
 		s.log.Warn("NBD connection refused: peer is not on the access list", zap.String("peer", p.desc), zap.String("rule", rule))
+		nc.Close()
+		return
+	}
+	if access == Deny {
+		// Its address admits it to nothing, but a client certificate may:
+		// it must start TLS, and the export is granted only to a
+		// certificate a cert: rule names (nbdHandler.Export).
+		o.RequireTLS = true
+	}
+	if o.RequireTLS && tlsCfg == nil {
+		s.log.Warn("NBD connection refused: TLS is required but no certificate is loaded", zap.String("peer", p.desc))
 		nc.Close()
 		return
 	}
@@ -175,6 +235,23 @@ func (s *Server) acceptNBD(nc net.Conn, o NBDOptions) {
 		peer: p,
 		log:  s.log.With(zap.Uint64("conn", s.connSeq.Add(1)), zap.String("peer", p.desc), zap.String("proto", "nbd")),
 	}
+	if verifiesClients(tlsCfg) {
+		// The identities of a verified client certificate, taken during
+		// the TLS handshake (on this connection's goroutine, before any
+		// export is looked up).
+		tlsCfg = tlsCfg.Clone()
+		prev := tlsCfg.VerifyConnection
+		tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if prev != nil {
+				if err := prev(cs); err != nil {
+					return err
+				}
+			}
+			c.certIDs = certIdentities(cs)
+			return nil
+		}
+	}
+	c.tlsCfg = tlsCfg
 	go c.serve()
 }
 
@@ -183,9 +260,13 @@ type nbdConn struct {
 	srv  *Server
 	nc   net.Conn // the accepted connection: deadlines, Close
 	rw   net.Conn // what requests and replies travel on: nc, or TLS over it
-	opts NBDOptions
-	peer peer
-	log  *zap.Logger
+	opts   NBDOptions
+	tlsCfg *tls.Config // this connection's: nil, or opts' with the identity capture
+	peer   peer
+	// certIDs: the identities of the client's verified TLS certificate
+	// (none without one), for the access list's cert: rules.
+	certIDs []string
+	log     *zap.Logger
 
 	// Set by the handshake, then read-only.
 	exp      *export
@@ -297,7 +378,7 @@ func (c *nbdConn) serve() {
 func (c *nbdConn) handshake() bool {
 	_ = c.nc.SetDeadline(time.Now().Add(HandshakeTimeout))
 	h := nbdHandler{c: c}
-	rw, neg, err := nbd.NegotiateServer(c.nc, h, nbd.ServerOptions{TLS: c.opts.TLS, RequireTLS: c.opts.RequireTLS})
+	rw, neg, err := nbd.NegotiateServer(c.nc, h, nbd.ServerOptions{TLS: c.tlsCfg, RequireTLS: c.opts.RequireTLS})
 	if err != nil {
 		if errors.Is(err, nbd.ErrAborted) {
 			c.log.Debug("NBD client ended the negotiation")
@@ -317,7 +398,12 @@ func (c *nbdConn) handshake() bool {
 		c.log.Info("NBD handshake: the export was removed", zap.String("export", neg.Export.Name))
 		return false
 	}
-	access, _ := c.srv.acl.Load().lookup(c.peer)
+	access, rule := c.access()
+	if access == Deny { // the list changed since the export was granted
+		c.log.Info("NBD handshake: the access list changed", zap.String("rule", rule))
+		c.srv.unpinExport(e)
+		return false
+	}
 	c.exp, c.neg = e, neg
 	c.readOnly = neg.Export.Flags&nbd.FlagReadOnly != 0 || access != ReadWrite
 	c.fastZero = neg.Export.Flags&nbd.FlagSendFastZero != 0
@@ -329,8 +415,15 @@ func (c *nbdConn) handshake() bool {
 	c.log = c.log.With(zap.String("export", e.cfg.Name))
 	c.log.Info("NBD client attached", zap.Uint64("size", neg.Export.Size), zap.Stringer("flags", neg.Export.Flags),
 		zap.Bool("structured", neg.Structured), zap.Bool("block_size_agreed", neg.BlockSizeAgreed),
-		zap.Stringer("via", neg.Via), zap.Bool("read_only", c.readOnly), zap.Bool("tls", isTLS))
+		zap.Stringer("via", neg.Via), zap.Bool("read_only", c.readOnly), zap.Bool("tls", isTLS),
+		zap.Strings("cert", c.certIDs), zap.String("rule", rule))
 	return true
+}
+
+// access is the peer's access under the current list: by its client
+// certificate's identities if a cert: rule names one, else by address.
+func (c *nbdConn) access() (Access, string) {
+	return c.srv.acl.Load().lookupCert(c.peer, c.certIDs)
 }
 
 // lookupNBD finds an export by NBD name: the empty name (the NBD default
@@ -366,8 +459,12 @@ func (h nbdHandler) Export(name string) (nbd.ExportInfo, error) {
 	if stopping {
 		return nbd.ExportInfo{}, nbd.ErrShutdown
 	}
-	// The list again: SetAccess may have changed it since accept.
-	if a, _ := s.acl.Load().lookup(h.c.peer); a == Deny {
+	// The list again: SetAccess may have changed it since accept, and a
+	// client certificate may have been presented since (STARTTLS).
+	if a, _ := h.c.access(); a == Deny {
+		if len(h.c.certIDs) > 0 {
+			return nbd.ExportInfo{}, fmt.Errorf("%s with certificate %q is not on the access list: %w", h.c.peer.desc, h.c.certIDs, nbd.ErrPolicy)
+		}
 		return nbd.ExportInfo{}, fmt.Errorf("%s is not on the access list: %w", h.c.peer.desc, nbd.ErrPolicy)
 	}
 	e := s.lookupNBD(name)
@@ -379,7 +476,7 @@ func (h nbdHandler) Export(name string) (nbd.ExportInfo, error) {
 
 // info is what this peer is told about e.
 func (c *nbdConn) info(e *export) nbd.ExportInfo {
-	access, _ := c.srv.acl.Load().lookup(c.peer)
+	access, _ := c.access()
 	ro := e.cfg.ReadOnly || access != ReadWrite
 	caps := e.file.Caps()
 	f := nbd.FlagSendCache | nbd.FlagCanMultiConn
