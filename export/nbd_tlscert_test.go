@@ -1,0 +1,299 @@
+package export_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dst-dev/dst/export"
+	"github.com/dst-dev/dst/export/exporttest"
+	"github.com/dst-dev/dst/internal/nbd"
+)
+
+// testCA is a certificate authority made for one test.
+type testCA struct {
+	t    *testing.T
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte
+	pool *x509.CertPool
+}
+
+var serial int64 = 100
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial++
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		IsCA:     true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testCA{t: t, cert: cert, key: key, pool: pool, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// issue signs a leaf certificate: for a server (127.0.0.1) or a client
+// with common name cn and DNS names dns. It returns it for crypto/tls
+// and as PEM certificate and key.
+func (ca *testCA) issue(server bool, cn string, dns ...string) (tls.Certificate, []byte, []byte) {
+	t := ca.t
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial++
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn}, DNSNames: dns,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+}
+
+// certServer serves a 1 MiB export over NBD with TLS that verifies client
+// certificates against ca (auth: IfGiven or Require) under acl.
+func certServer(t *testing.T, ca *testCA, auth tls.ClientAuthType, acl export.ACL) string {
+	t.Helper()
+	srvCert, _, _ := ca.issue(true, "127.0.0.1")
+	cfg := config(exporttest.File(t, 1<<20))
+	cfg.Access = acl
+	return startNBDTLS(t, cfg, export.NBDOptions{TLS: &tls.Config{
+		Certificates: []tls.Certificate{srvCert}, MinVersion: tls.VersionTLS12,
+		ClientAuth: auth, ClientCAs: ca.pool,
+	}})
+}
+
+// certDial connects with client certificate cert (none if nil) and TLS
+// (if withTLS) and asks for the export.
+func certDial(t *testing.T, addr string, ca *testCA, withTLS bool, cert *tls.Certificate) (*nbdClient, error) {
+	t.Helper()
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
+	o := nbd.ClientOptions{Export: "disk", Structured: true, BlockSize: true}
+	if withTLS {
+		o.TLS = &tls.Config{RootCAs: ca.pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+		if cert != nil {
+			// Sent whatever CAs the server names (Go's client would
+			// otherwise keep a certificate of another CA to itself).
+			o.TLS.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+		}
+	}
+	c, info, structured, err := nbd.ClientConnect(raw, o)
+	if err != nil {
+		return nil, err
+	}
+	return &nbdClient{t: t, c: c, info: info, structured: structured}, nil
+}
+
+// canWrite reports whether the export was offered writable and a write
+// succeeds; a read-only offer must also refuse the write with EPERM.
+func canWrite(t *testing.T, c *nbdClient) bool {
+	t.Helper()
+	ro := c.info.Flags&nbd.FlagReadOnly != 0
+	r := c.do(req(nbd.CmdWrite, 1, 0, 4096), pattern(4096, 3))
+	switch {
+	case ro && r.errno != nbd.EPERM:
+		t.Fatalf("write on a read-only offer: %v, want EPERM", r.errno)
+	case !ro && r.errno != 0:
+		t.Fatalf("write on a writable offer: %v", r.errno)
+	}
+	if r := c.do(req(nbd.CmdRead, 2, 0, 4096), nil); r.errno != 0 {
+		t.Fatalf("read: %v", r.errno)
+	}
+	return !ro
+}
+
+func optErr(err error) nbd.ReplyType {
+	var oe *nbd.OptionError
+	if errors.As(err, &oe) {
+		return oe.Type
+	}
+	return 0
+}
+
+// TestNBDClientCertACL: with only cert: rules (the address is on no
+// rule), a client certificate grants what its rule says by common name or
+// DNS name; a verified certificate no rule names, no certificate, no TLS
+// and a certificate from another CA get nothing.
+func TestNBDClientCertACL(t *testing.T) {
+	ca := newTestCA(t, "dst test CA")
+	addr := certServer(t, ca, tls.VerifyClientCertIfGiven, export.ACL{Rules: []export.Rule{
+		mustRule("cert:backup-host=rw"), mustRule("cert:reader.example=ro"), mustRule("10.9.0.0/16=rw"),
+	}})
+	backup, _, _ := ca.issue(false, "backup-host")
+	reader, _, _ := ca.issue(false, "someone", "other.example", "reader.example")
+	stranger, _, _ := ca.issue(false, "stranger")
+	rogueCA := newTestCA(t, "rogue CA")
+	rogue, _, _ := rogueCA.issue(false, "backup-host")
+
+	c, err := certDial(t, addr, ca, true, &backup)
+	if err != nil {
+		t.Fatalf("backup-host: %v", err)
+	}
+	if !canWrite(t, c) {
+		t.Fatal("cert:backup-host=rw got a read-only export")
+	}
+	c, err = certDial(t, addr, ca, true, &reader)
+	if err != nil {
+		t.Fatalf("reader.example: %v", err)
+	}
+	if canWrite(t, c) {
+		t.Fatal("cert:reader.example=ro (a DNS name) got a writable export")
+	}
+	if _, err := certDial(t, addr, ca, true, &stranger); optErr(err) != nbd.RepErrPolicy {
+		t.Fatalf("a verified certificate no rule names: %v, want ERR_POLICY", err)
+	}
+	if _, err := certDial(t, addr, ca, true, nil); optErr(err) != nbd.RepErrPolicy {
+		t.Fatalf("TLS without a certificate from a denied address: %v, want ERR_POLICY", err)
+	}
+	if _, err := certDial(t, addr, ca, false, nil); optErr(err) != nbd.RepErrTLSReqd {
+		t.Fatalf("no TLS from a denied address: %v, want TLS_REQD", err)
+	}
+	if _, err := certDial(t, addr, ca, true, &rogue); err == nil || optErr(err) != 0 {
+		t.Fatalf("a certificate of another CA: %v, want the TLS handshake to fail", err)
+	}
+}
+
+// TestNBDClientCertFallback: a client without a certificate falls back to
+// its address rule (read-only here, even without TLS), one with a
+// certificate named by a rule gets that rule; with
+// RequireAndVerifyClientCert a client without one fails the handshake.
+func TestNBDClientCertFallback(t *testing.T) {
+	ca := newTestCA(t, "dst test CA")
+	acl := export.ACL{Rules: []export.Rule{mustRule("127.0.0.1=ro"), mustRule("cert:backup-host=rw")}}
+	addr := certServer(t, ca, tls.VerifyClientCertIfGiven, acl)
+	backup, _, _ := ca.issue(false, "backup-host")
+	stranger, _, _ := ca.issue(false, "stranger")
+	for _, tc := range []struct {
+		name    string
+		withTLS bool
+		cert    *tls.Certificate
+		rw      bool
+	}{
+		{"plain", false, nil, false},
+		{"TLS without certificate", true, nil, false},
+		{"unnamed certificate", true, &stranger, false},
+		{"named certificate", true, &backup, true},
+	} {
+		c, err := certDial(t, addr, ca, tc.withTLS, tc.cert)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := canWrite(t, c); got != tc.rw {
+			t.Fatalf("%s: writable %v, want %v", tc.name, got, tc.rw)
+		}
+	}
+
+	req := certServer(t, ca, tls.RequireAndVerifyClientCert, acl)
+	if _, err := certDial(t, req, ca, true, nil); err == nil || optErr(err) != 0 {
+		t.Fatalf("no certificate where one is required: %v, want the TLS handshake to fail", err)
+	}
+	c, err := certDial(t, req, ca, true, &backup)
+	if err != nil || !canWrite(t, c) {
+		t.Fatalf("named certificate where one is required: %v", err)
+	}
+}
+
+// TestParseCertRule: cert:NAME=rw|ro, NAME may contain "=".
+func TestParseCertRule(t *testing.T) {
+	for in, want := range map[string]export.Rule{
+		"cert:backup-host=rw":  {Cert: "backup-host", Access: export.ReadWrite},
+		"cert:CN=a,O=b=ro":     {Cert: "CN=a,O=b", Access: export.ReadOnly},
+		"cert:host.example=ro": {Cert: "host.example", Access: export.ReadOnly},
+	} {
+		r, err := export.ParseRule(in)
+		if err != nil || r != want || r.String() != in {
+			t.Errorf("ParseRule(%q) = %+v (%q), %v; want %+v", in, r, r.String(), err, want)
+		}
+	}
+	for _, in := range []string{"cert:=rw", "cert:x", "cert:x=admin", "cert:a\x01b=rw"} {
+		if _, err := export.ParseRule(in); err == nil {
+			t.Errorf("ParseRule(%q) accepted", in)
+		}
+	}
+	if _, err := export.New(export.Config{Exports: []export.ExportConfig{{Name: "d", Path: "/nonexistent"}},
+		Access: export.ACL{Rules: []export.Rule{mustRule("cert:a=rw"), mustRule("cert:a=ro")}}}); err == nil ||
+		!strings.Contains(err.Error(), "twice") {
+		t.Errorf("a certificate name twice: %v", err)
+	}
+}
+
+// TestNBDPeerNbdinfoClientCert: libnbd (GnuTLS) with a client certificate
+// in tls-certificates=DIR (ca-cert.pem, client-cert.pem, client-key.pem)
+// is admitted by its cert: rule; without one, from an address on no rule,
+// it is refused.
+func TestNBDPeerNbdinfoClientCert(t *testing.T) {
+	needTool(t, "nbdinfo", "libnbd-bin")
+	ca := newTestCA(t, "dst test CA")
+	addr := certServer(t, ca, tls.VerifyClientCertIfGiven, export.ACL{Rules: []export.Rule{mustRule("cert:backup-host=ro")}})
+	_, certPEM, keyPEM := ca.issue(false, "backup-host")
+	with, without := t.TempDir(), t.TempDir()
+	for dir, files := range map[string]map[string][]byte{
+		with:    {"ca-cert.pem": ca.pem, "client-cert.pem": certPEM, "client-key.pem": keyPEM},
+		without: {"ca-cert.pem": ca.pem},
+	} {
+		for name, b := range files {
+			if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	out := runTool(t, "nbdinfo", "nbds://"+addr+"/disk?tls-certificates="+with)
+	if !strings.Contains(out, "with TLS") || !strings.Contains(out, "is_read_only: true") {
+		t.Fatalf("nbdinfo with a client certificate:\n%s", out)
+	}
+	cmd := exec.Command("nbdinfo", "nbds://"+addr+"/disk?tls-certificates="+without)
+	if b, err := cmd.CombinedOutput(); err == nil {
+		t.Fatalf("nbdinfo without a client certificate was served:\n%s", b)
+	} else if !strings.Contains(strings.ToLower(string(b)), "policy") && !strings.Contains(string(b), "denied") {
+		t.Logf("nbdinfo without a client certificate (refused as expected): %s", b)
+	}
+}
