@@ -257,9 +257,9 @@ func (s *Server) acceptNBD(nc net.Conn, o NBDOptions) {
 
 // nbdConn is one NBD client connection.
 type nbdConn struct {
-	srv  *Server
-	nc   net.Conn // the accepted connection: deadlines, Close
-	rw   net.Conn // what requests and replies travel on: nc, or TLS over it
+	srv    *Server
+	nc     net.Conn // the accepted connection: deadlines, Close
+	rw     net.Conn // what requests and replies travel on: nc, or TLS over it
 	opts   NBDOptions
 	tlsCfg *tls.Config // this connection's: nil, or opts' with the identity capture
 	peer   peer
