@@ -243,6 +243,10 @@ func (c *Conn) pump() {
 // AEAD a WRITE payload is encrypted into the arena, since the
 // plaintext must stay intact for a resend.
 func (c *Conn) queue(rd *Ready) error {
+	if c.d.nbd != nil {
+		c.queueNBD(rd)
+		return nil
+	}
 	if c.tag == 0 {
 		for _, x := range rd.Send {
 			c.snd.Queue(x.Header[:])
@@ -423,6 +427,10 @@ func (c *Conn) HandleCQE(v uint64, res int32) {
 // parse consumes complete replies from the staging buffer, then keeps a
 // RECV in flight.
 func (c *Conn) parse() {
+	if c.d.nbd != nil {
+		c.parseNBD()
+		return
+	}
 	for !c.partial && !(c.tag > 0 && c.closing) {
 		b := c.rcv.Buffered()
 		if len(b) < wire.ReplyHeaderSize {

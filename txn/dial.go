@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dst-dev/dst/crypto"
+	"github.com/dst-dev/dst/internal/nbd"
 	"github.com/dst-dev/dst/internal/wire"
 	"github.com/dst-dev/dst/transport"
 )
@@ -115,6 +116,7 @@ func (o *Options) engineConfig() Config {
 		BackoffMin: 1,
 		BackoffMax: ticks(o.BackoffMax, o.Tick),
 		FirstID:    o.FirstID,
+		NoSession:  nbd.IsURL(o.URL),
 	}
 }
 
@@ -124,10 +126,16 @@ type dialer struct {
 	opts  Options
 	url   *transport.URL
 	first *wire.Welcome
+	// nbd is set when the URL names an NBD server (nbd.go): the
+	// connections speak NBD instead of the DST protocol.
+	nbd *nbd.URL
 }
 
 func newDialer(opts Options) (*dialer, error) {
 	opts.defaults()
+	if nbd.IsURL(opts.URL) {
+		return newNBDDialer(opts)
+	}
 	u, err := transport.ParseURL(opts.URL)
 	if err != nil {
 		return nil, err
@@ -155,6 +163,8 @@ type link struct {
 	nc net.Conn
 	w  *wire.Welcome
 	cs *crypto.Session
+	// nbdFlags: what an NBD server announced (NBD mode only).
+	nbdFlags nbd.TransmissionFlags
 }
 
 // handshake dials and negotiates one connection, resuming session if it
@@ -164,6 +174,9 @@ type link struct {
 // refusal or a failed check closes the connection with nothing read or
 // written beyond the handshake.
 func (d *dialer) handshake(ctx context.Context, session wire.Token) (*link, error) {
+	if d.nbd != nil {
+		return d.nbdHandshake(ctx)
+	}
 	hs, err := crypto.NewClient(d.opts.Crypto)
 	if err != nil {
 		return nil, err
@@ -222,15 +235,26 @@ func (d *dialer) handshake(ctx context.Context, session wire.Token) (*link, erro
 		conn.Close()
 		return nil, fmt.Errorf("handshake with %s: %w", d.url, err)
 	}
-	if first := d.first; first != nil {
-		if w.Size != first.Size || w.LogicalBlock != first.LogicalBlock || w.ReadOnly && !first.ReadOnly {
-			conn.Close()
-			return nil, &changedError{fmt.Sprintf("export %s changed: size %d -> %d, block %d -> %d, read-only %v -> %v",
-				d.url.Export, first.Size, w.Size, first.LogicalBlock, w.LogicalBlock, first.ReadOnly, w.ReadOnly)}
-		}
+	if err := d.checkSame(w); err != nil {
+		conn.Close()
+		return nil, err
 	}
 	conn.SetDeadline(time.Time{})
 	return &link{nc: conn, w: w, cs: cs}, nil
+}
+
+// checkSame checks a later connection's export against the first one,
+// which fixed the device's geometry.
+func (d *dialer) checkSame(w *wire.Welcome) error {
+	first := d.first
+	if first == nil {
+		return nil
+	}
+	if w.Size != first.Size || w.LogicalBlock != first.LogicalBlock || w.ReadOnly && !first.ReadOnly {
+		return &changedError{fmt.Sprintf("export %s changed: size %d -> %d, block %d -> %d, read-only %v -> %v",
+			d.url.Export, first.Size, w.Size, first.LogicalBlock, w.LogicalBlock, first.ReadOnly, w.ReadOnly)}
+	}
+	return nil
 }
 
 // changedError: the export is no longer the device we created.

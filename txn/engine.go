@@ -60,6 +60,14 @@ type Config struct {
 	// §5.1 forbids reusing any of them, so the new engine starts above
 	// every id the old one could have used: EpochFirstID.
 	FirstID uint64
+	// NoSession: the server keeps no record of the ids it executed (an
+	// NBD server), so a transaction is never resent on the connection it
+	// was sent on: a timeout closes the connection instead, and what is
+	// unanswered is resent on the next one. A transaction whose retries
+	// are used up while it is out on the connection also closes it: its
+	// reply may still come, and without a record of it the reader could
+	// not tell how long it is.
+	NoSession bool
 }
 
 // Recovery epochs. A device's state record counts the daemons that have
@@ -366,11 +374,14 @@ func (e *Engine) checkTimeouts() {
 			// cannot be released until the reader is done with it.
 			continue
 		}
+		if e.cfg.NoSession && x.state == stSent {
+			e.connLost()
+		}
 		if x.tries > e.cfg.Retries {
 			e.finish(x, wire.Status(syscall.EIO))
 			continue
 		}
-		if x.state == stSent {
+		if x.state == stSent && !e.cfg.NoSession {
 			// Resend on the current connection: the exporter either runs it
 			// (the first copy was lost) or knows the id and answers once. A
 			// silent connection is caught by the ping.
