@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,11 +71,16 @@ func exportCommand() *cli.Command {
 			"synced (at most 30s).\n\n" +
 			"--config FILE reads the settings from a TOML file (docs/dst-export.example.toml);\n" +
 			"the flags are applied on top: --listen, --export and --allow add to the file's lists,\n" +
-			"--allow-all, --name, --max-inflight, --max-transfer and the crypto flags override it.\n" +
+			"--allow-all, --name, --max-inflight, --max-transfer and the crypto flags override it;\n" +
+			"--nbd-listen adds to [nbd] listen, the --nbd-tls-* files replace its TLS files.\n" +
 			"SIGHUP re-reads the file: the access list and the exports change without touching\n" +
 			"the other exports' sessions (connections whose access is reduced are closed, a\n" +
 			"removed export's connections are closed once their requests finish); other changes\n" +
-			"need a restart. A file that does not load keeps the running configuration.",
+			"need a restart (NBD certificate files are re-read). A file that does not load keeps\n" +
+			"the running configuration.\n\n" +
+			"NBD TLS client certificates: --nbd-tls-ca FILE verifies them, and --allow cert:NAME=rw|ro\n" +
+			"admits a certificate whose subject CN or DNS name is NAME; clients without one are\n" +
+			"judged by address unless --nbd-tls-require-client-cert.",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "config", Usage: "read the settings from the TOML `FILE` (the flags add to or override it; SIGHUP reloads it)"},
 			metricsListenFlag(),
@@ -84,6 +91,8 @@ func exportCommand() *cli.Command {
 			&cli.StringFlag{Name: "nbd-tls-cert", Usage: "offer TLS (STARTTLS) to NBD clients with the PEM certificate (chain) in `FILE`"},
 			&cli.StringFlag{Name: "nbd-tls-key", Usage: "the PEM private key of --nbd-tls-cert, in `FILE`"},
 			&cli.BoolFlag{Name: "nbd-tls-require", Usage: "refuse NBD clients that do not start TLS (needs --nbd-tls-cert)"},
+			&cli.StringFlag{Name: "nbd-tls-ca", Usage: "verify NBD client certificates against the PEM CA certificates in `FILE`; --allow cert:NAME=rw|ro then grants access by the certificate's CN or DNS name (needs --nbd-tls-cert)"},
+			&cli.BoolFlag{Name: "nbd-tls-require-client-cert", Usage: "refuse NBD clients without a certificate that verifies against --nbd-tls-ca"},
 			&cli.GenericFlag{Name: "export", Value: &multiFlag{},
 				Usage: "serve `NAME=PATH[,ro][,buffered]`: the file or block device PATH as export NAME; ro: read-only, buffered: no O_DIRECT (repeatable; at least one, here or in --config)"},
 			&cli.GenericFlag{Name: "allow", Value: &multiFlag{},
@@ -105,68 +114,129 @@ func exportConfig(c *cli.Context) (export.Config, []string, error) {
 	return cfg, listens, err
 }
 
-// nbdOptions reads --nbd-tls-cert, --nbd-tls-key and --nbd-tls-require.
-func nbdOptions(c *cli.Context) (export.NBDOptions, error) {
-	var o export.NBDOptions
-	cert, key := c.String("nbd-tls-cert"), c.String("nbd-tls-key")
-	switch {
-	case (cert == "") != (key == ""):
-		return o, usagef("--nbd-tls-cert and --nbd-tls-key go together")
-	case cert == "" && c.Bool("nbd-tls-require"):
-		return o, usagef("--nbd-tls-require needs --nbd-tls-cert and --nbd-tls-key")
-	case cert == "":
-		return o, nil
-	}
-	kp, err := tls.LoadX509KeyPair(cert, key)
-	if err != nil {
-		return o, fmt.Errorf("--nbd-tls-cert %s, --nbd-tls-key %s: %w", cert, key, err)
-	}
-	o.TLS = &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
-	o.RequireTLS = c.Bool("nbd-tls-require")
-	return o, nil
+// nbdSettings are the NBD listeners and their TLS files, from --config's
+// [nbd] table and the --nbd-* flags.
+type nbdSettings struct {
+	listens       []*transport.URL
+	cert, key, ca string // PEM files; all empty: no TLS
+	require       bool   // --nbd-tls-require
+	requireClient bool   // --nbd-tls-require-client-cert
 }
 
-// exportConfigNBD is exportConfig with the --nbd-listen URLs, parsed.
-func exportConfigNBD(c *cli.Context) (export.Config, []string, []*transport.URL, error) {
-	cfg, listens, err := exportConfigDST(c)
-	if err != nil {
-		return cfg, nil, nil, err
+// listenStrings are the NBD listen URLs as given (for comparisons).
+func (n nbdSettings) listenStrings() []string {
+	out := make([]string, len(n.listens))
+	for i, u := range n.listens {
+		out[i] = export.NBDURL(u)
 	}
-	var nbdURLs []*transport.URL
+	return out
+}
+
+// check reports the combinations that make no sense; flag names the
+// source of the setting in the message (the flag, or the file's key).
+func (n nbdSettings) check() error {
+	switch {
+	case (n.cert == "") != (n.key == ""):
+		return errors.New("--nbd-tls-cert and --nbd-tls-key (nbd.tls_cert, nbd.tls_key) go together")
+	case n.cert == "" && n.require:
+		return errors.New("--nbd-tls-require (nbd.tls_require) needs --nbd-tls-cert and --nbd-tls-key")
+	case n.cert == "" && n.ca != "":
+		return errors.New("--nbd-tls-ca (nbd.tls_ca) needs --nbd-tls-cert and --nbd-tls-key: client certificates are verified during TLS")
+	case n.ca == "" && n.requireClient:
+		return errors.New("--nbd-tls-require-client-cert (nbd.tls_require_client_cert) needs --nbd-tls-ca")
+	}
+	return nil
+}
+
+// tlsConfig loads the TLS files: nil without TLS.
+func (n nbdSettings) tlsConfig() (*tls.Config, error) {
+	if n.cert == "" {
+		return nil, nil
+	}
+	kp, err := tls.LoadX509KeyPair(n.cert, n.key)
+	if err != nil {
+		return nil, fmt.Errorf("--nbd-tls-cert %s, --nbd-tls-key %s: %w", n.cert, n.key, err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{kp}, MinVersion: tls.VersionTLS12}
+	if n.ca != "" {
+		b, err := os.ReadFile(n.ca)
+		if err != nil {
+			return nil, fmt.Errorf("--nbd-tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--nbd-tls-ca %s: no PEM certificate in it", n.ca)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		if n.requireClient {
+			cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+	}
+	return cfg, nil
+}
+
+// exportConfigNBD is exportConfig with the NBD settings: the file's [nbd]
+// table under the --nbd-* flags (--nbd-listen adds to nbd.listen; any of
+// --nbd-tls-cert, --nbd-tls-key, --nbd-tls-ca replaces the file's TLS
+// files as a group; the two booleans override when given).
+func exportConfigNBD(c *cli.Context) (export.Config, []string, nbdSettings, error) {
+	var n nbdSettings
+	cfg, listens, file, err := exportConfigDST(c)
+	if err != nil {
+		return cfg, nil, n, err
+	}
+	if file != nil {
+		n = file.nbd
+		n.listens = slices.Clone(n.listens)
+	}
 	for _, s := range *c.Generic("nbd-listen").(*multiFlag) {
 		u, err := export.ParseNBDListenURL(s)
 		if err != nil {
-			return cfg, nil, nil, usagef("--nbd-listen: %v", err)
+			return cfg, nil, n, usagef("--nbd-listen: %v", err)
 		}
-		nbdURLs = append(nbdURLs, u)
+		n.listens = append(n.listens, u)
 	}
-	return cfg, listens, nbdURLs, nil
+	if c.IsSet("nbd-tls-cert") || c.IsSet("nbd-tls-key") || c.IsSet("nbd-tls-ca") {
+		n.cert, n.key, n.ca = c.String("nbd-tls-cert"), c.String("nbd-tls-key"), c.String("nbd-tls-ca")
+	}
+	if c.IsSet("nbd-tls-require") {
+		n.require = c.Bool("nbd-tls-require")
+	}
+	if c.IsSet("nbd-tls-require-client-cert") {
+		n.requireClient = c.Bool("nbd-tls-require-client-cert")
+	}
+	if err := n.check(); err != nil {
+		return cfg, nil, n, usageError{err}
+	}
+	return cfg, listens, n, nil
 }
 
-func exportConfigDST(c *cli.Context) (export.Config, []string, error) {
-	var cfg export.Config
+// exportConfigDST reads everything but the NBD settings, and returns the
+// loaded --config file (nil without one).
+func exportConfigDST(c *cli.Context) (cfg export.Config, _ []string, file *exportFile, _ error) {
 	if c.NArg() > 0 {
-		return cfg, nil, usagef("export takes no arguments (got %q): use --export NAME=PATH", c.Args().First())
+		return cfg, nil, nil, usagef("export takes no arguments (got %q): use --export NAME=PATH", c.Args().First())
 	}
-	var file *exportFile // --config: the base the flags add to or override
+	// file (--config) is the base the flags add to or override.
 	if p := c.String("config"); p != "" {
 		var err error
 		if file, err = loadExportFile(p); err != nil {
-			return cfg, nil, err
+			return cfg, nil, nil, err
 		}
 	}
 	exports := *c.Generic("export").(*multiFlag)
 	if len(exports) == 0 && (file == nil || len(file.exports) == 0) {
-		return cfg, nil, usagef("nothing to export: add --export NAME=PATH[,ro][,buffered] (or [[export]] in --config)")
+		return cfg, nil, nil, usagef("nothing to export: add --export NAME=PATH[,ro][,buffered] (or [[export]] in --config)")
 	}
 	seen := map[string]bool{}
 	for _, s := range exports {
 		e, err := parseExport(s)
 		if err != nil {
-			return cfg, nil, usagef("--export %s: %v", s, err)
+			return cfg, nil, nil, usagef("--export %s: %v", s, err)
 		}
 		if seen[e.Name] {
-			return cfg, nil, usagef("--export %s: export %q is given twice", s, e.Name)
+			return cfg, nil, nil, usagef("--export %s: export %q is given twice", s, e.Name)
 		}
 		seen[e.Name] = true
 		cfg.Exports = append(cfg.Exports, e)
@@ -174,77 +244,77 @@ func exportConfigDST(c *cli.Context) (export.Config, []string, error) {
 	for _, s := range *c.Generic("allow").(*multiFlag) {
 		r, err := export.ParseRule(s)
 		if err != nil {
-			return cfg, nil, usagef("--allow: %v", err)
+			return cfg, nil, nil, usagef("--allow: %v", err)
 		}
 		cfg.Access.Rules = append(cfg.Access.Rules, r)
 	}
 	if s := c.String("allow-all"); c.IsSet("allow-all") {
 		a, err := export.ParseAccess(s)
 		if err != nil {
-			return cfg, nil, usagef("--allow-all: %v", err)
+			return cfg, nil, nil, usagef("--allow-all: %v", err)
 		}
 		cfg.Access.AllowAll = a
 	}
 	listens := []string(*c.Generic("listen").(*multiFlag))
 	if file != nil {
 		if err := mergeExportFile(file, &cfg, &listens, c.IsSet); err != nil {
-			return cfg, nil, err
+			return cfg, nil, nil, err
 		}
 	}
 	if len(cfg.Access.Rules) == 0 && cfg.Access.AllowAll == export.Deny {
-		return cfg, nil, usageError{export.ErrNoACL}
+		return cfg, nil, nil, usageError{export.ErrNoACL}
 	}
 	mi := c.Uint("max-inflight")
 	if mi < 1 || mi > wire.MaxInflightLimit {
-		return cfg, nil, usagef("--max-inflight %d out of range: need 1..%d", mi, wire.MaxInflightLimit)
+		return cfg, nil, nil, usagef("--max-inflight %d out of range: need 1..%d", mi, wire.MaxInflightLimit)
 	}
 	if file == nil || file.maxInflight == 0 || c.IsSet("max-inflight") {
 		cfg.MaxInflight = uint32(mi)
 	}
 	mt, err := parseSize(c.String("max-transfer"))
 	if err != nil {
-		return cfg, nil, usagef("--max-transfer: %v", err)
+		return cfg, nil, nil, usagef("--max-transfer: %v", err)
 	}
 	if mt < 512 || mt > wire.MaxTransferLimit || mt%512 != 0 {
-		return cfg, nil, usagef("--max-transfer %s: need a multiple of 512 bytes from 512B to 32MiB", c.String("max-transfer"))
+		return cfg, nil, nil, usagef("--max-transfer %s: need a multiple of 512 bytes from 512B to 32MiB", c.String("max-transfer"))
 	}
 	if file == nil || file.maxTransfer == 0 || c.IsSet("max-transfer") {
 		cfg.MaxTransfer = uint32(mt)
 	}
 	if n := c.String("name"); n != "" {
 		if len(n) > wire.MaxNameLen {
-			return cfg, nil, usagef("--name is %d bytes, at most %d", len(n), wire.MaxNameLen)
+			return cfg, nil, nil, usagef("--name is %d bytes, at most %d", len(n), wire.MaxNameLen)
 		}
 		cfg.Name = n
 	}
 
 	if file == nil || file.crypto == nil || c.IsSet("checksum") || c.IsSet("cipher") || c.IsSet("key-file") {
 		if cfg.Crypto, err = cryptoConfig(c); err != nil { // for every export and client (PROTOCOL.md §8)
-			return cfg, nil, err
+			return cfg, nil, nil, err
 		}
 	}
 	if _, err := cryptoWorkers(c, cfg.Crypto.Suite); err != nil {
-		return cfg, nil, err
+		return cfg, nil, nil, err
 	}
 	if err := applyExportFaults(c, &cfg); err != nil {
-		return cfg, nil, err
+		return cfg, nil, nil, err
 	}
 	for i, s := range listens {
 		u, err := transport.ParseURL(s)
 		if err != nil {
-			return cfg, nil, usagef("--listen: %v", err)
+			return cfg, nil, nil, usagef("--listen: %v", err)
 		}
 		if u.Export != "" {
-			return cfg, nil, usagef("--listen %s: a listen URL names no export (exports are given with --export)", s)
+			return cfg, nil, nil, usagef("--listen %s: a listen URL names no export (exports are given with --export)", s)
 		}
 		for _, prev := range listens[:i] {
 			// Port 0 listeners are distinct: each gets its own port.
 			if p, _ := transport.ParseURL(prev); p != nil && p.String() == u.String() && !strings.HasSuffix(u.Address, ":0") {
-				return cfg, nil, usagef("--listen %s is given twice", s)
+				return cfg, nil, nil, usagef("--listen %s is given twice", s)
 			}
 		}
 	}
-	return cfg, listens, nil
+	return cfg, listens, file, nil
 }
 
 // parseExport reads NAME=PATH[,ro][,buffered]. PATH cannot contain commas.
@@ -280,14 +350,20 @@ func parseExport(s string) (export.ExportConfig, error) {
 }
 
 func runExport(c *cli.Context) error {
-	cfg, listens, nbdURLs, err := exportConfigNBD(c)
+	cfg, listens, nbdSet, err := exportConfigNBD(c)
 	if err != nil {
 		return err
 	}
-	nbdOpts, err := nbdOptions(c)
+	nbdURLs := nbdSet.listens
+	tlsCfg, err := nbdSet.tlsConfig()
 	if err != nil {
 		return err
 	}
+	// Read per NBD connection, so that a reload can replace the
+	// certificates (exportReloader.applyNBD).
+	nbdTLS := new(atomic.Pointer[tls.Config])
+	nbdTLS.Store(tlsCfg)
+	nbdOpts := export.NBDOptions{GetTLS: nbdTLS.Load, RequireTLS: nbdSet.require}
 	if err := checkMetricsAddr(c.String("metrics-listen")); err != nil {
 		return err
 	}
@@ -306,7 +382,7 @@ func runExport(c *cli.Context) error {
 		}
 		return err
 	}
-	reloader := &exportReloader{srv: srv, cfg: cfg, listens: slices.Clone(listens)}
+	reloader := &exportReloader{srv: srv, cfg: cfg, listens: slices.Clone(listens), nbd: nbdSet, nbdTLS: nbdTLS}
 	defaulted := len(listens) == 0 && len(nbdURLs) == 0
 	if defaulted {
 		listens = []string{defaultListen}

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -60,6 +62,14 @@ type fileConfig struct {
 		Cipher   string `toml:"cipher"`
 		KeyFile  string `toml:"key_file"`
 	} `toml:"crypto"`
+	NBD struct {
+		Listen               []string `toml:"listen"`
+		TLSCert              string   `toml:"tls_cert"`
+		TLSKey               string   `toml:"tls_key"`
+		TLSCA                string   `toml:"tls_ca"`
+		TLSRequire           bool     `toml:"tls_require"`
+		TLSRequireClientCert bool     `toml:"tls_require_client_cert"`
+	} `toml:"nbd"`
 	Exports []struct {
 		Name     string `toml:"name"`
 		Path     string `toml:"path"`
@@ -79,6 +89,7 @@ type exportFile struct {
 	rules       []export.Rule
 	allowAll    export.Access
 	crypto      *crypto.Config // nil: no [crypto] table
+	nbd         nbdSettings    // the [nbd] table (zero: none)
 	exports     []export.ExportConfig
 }
 
@@ -180,6 +191,25 @@ func loadExportFile(path string) (*exportFile, error) {
 			cfg.Key = k
 		}
 		f.crypto = &cfg
+	}
+	for i, s := range fc.NBD.Listen {
+		u, err := export.ParseNBDListenURL(s)
+		if err != nil {
+			return nil, configError(path, line("nbd", "listen"), fmt.Sprintf("nbd.listen[%d]", i), "%v", err)
+		}
+		f.nbd.listens = append(f.nbd.listens, u)
+	}
+	f.nbd.cert, f.nbd.key, f.nbd.ca = fc.NBD.TLSCert, fc.NBD.TLSKey, fc.NBD.TLSCA
+	f.nbd.require, f.nbd.requireClient = fc.NBD.TLSRequire, fc.NBD.TLSRequireClientCert
+	if err := f.nbd.check(); err != nil {
+		return nil, configError(path, line("nbd"), "nbd", "%v", err)
+	}
+	if f.nbd.cert != "" {
+		// Loaded here too, so that a reload with broken files fails as
+		// a whole and keeps the running configuration.
+		if _, err := f.nbd.tlsConfig(); err != nil {
+			return nil, configError(path, line("nbd", "tls_cert"), "nbd", "%v", err)
+		}
 	}
 	seen := map[string]bool{}
 	for i, e := range fc.Exports {
@@ -347,6 +377,43 @@ type exportReloader struct {
 	srv     *export.Server
 	cfg     export.Config // in effect
 	listens []string
+	nbd     nbdSettings                 // in effect
+	nbdTLS  *atomic.Pointer[tls.Config] // what NBD connections use (nil in tests without NBD)
+}
+
+// applyNBD makes new NBD connections use next's TLS files (re-read even
+// if their names did not change: a renewed certificate is picked up), and
+// reports the NBD settings that need a restart: the listeners and the two
+// requirements (kept as they run; the files are loaded under the running
+// requirements, and a reload that would leave a TLS-requiring listener
+// without a certificate is refused).
+func (r *exportReloader) applyNBD(next nbdSettings) (restart []string, err error) {
+	cur := r.nbd
+	if !slices.Equal(next.listenStrings(), cur.listenStrings()) {
+		restart = append(restart, "nbd.listen")
+	}
+	if next.require != cur.require {
+		restart = append(restart, "nbd.tls_require")
+	}
+	if next.requireClient != cur.requireClient {
+		restart = append(restart, "nbd.tls_require_client_cert")
+	}
+	if r.nbdTLS == nil {
+		return restart, nil
+	}
+	files := cur
+	files.cert, files.key, files.ca = next.cert, next.key, next.ca
+	if err := files.check(); err != nil {
+		return restart, fmt.Errorf("NBD TLS: %w (the running certificates stay in effect)", err)
+	}
+	cfg, err := files.tlsConfig()
+	if err != nil {
+		return restart, fmt.Errorf("NBD TLS: %w (the running certificates stay in effect)", err)
+	}
+	r.nbdTLS.Store(cfg)
+	cur.cert, cur.key, cur.ca = next.cert, next.key, next.ca
+	r.nbd = cur
+	return restart, nil
 }
 
 // apply makes the server serve next's access list and exports, and
@@ -439,7 +506,7 @@ func reloadExport(c *cli.Context, r *exportReloader) {
 		return
 	}
 	log.Info("SIGHUP: reloading the configuration", zap.String("config", path))
-	next, listens, err := exportConfig(c)
+	next, listens, nextNBD, err := exportConfigNBD(c)
 	if err != nil {
 		log.Error("reload failed: the configuration does not load; the running one stays in effect", zap.Error(err))
 		return
@@ -447,6 +514,9 @@ func reloadExport(c *cli.Context, r *exportReloader) {
 	ctx, cancel := context.WithTimeout(context.Background(), reloadTimeout)
 	defer cancel()
 	restart, err := r.apply(ctx, next, listens)
+	restartNBD, errNBD := r.applyNBD(nextNBD)
+	restart = append(restart, restartNBD...)
+	err = errors.Join(err, errNBD)
 	if len(restart) > 0 {
 		log.Warn("reload: these settings changed but need a restart; the running values stay in effect", zap.Strings("settings", restart))
 	}

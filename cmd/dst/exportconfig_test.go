@@ -35,11 +35,14 @@ func TestExampleConfig(t *testing.T) {
 	for _, r := range f.rules {
 		rules = append(rules, r.String())
 	}
-	if got := strings.Join(rules, " "); got != "10.0.0.0/24=rw 10.0.1.0/24=ro fd00:5::/64=rw" {
+	if got := strings.Join(rules, " "); got != "10.0.0.0/24=rw 10.0.1.0/24=ro fd00:5::/64=rw cert:backup-host=ro" {
 		t.Errorf("rules %s", got)
 	}
 	if f.allowAll != export.Deny || f.crypto != nil {
 		t.Errorf("allow_all %v, crypto %v: both are commented out", f.allowAll, f.crypto)
+	}
+	if got := f.nbd.listenStrings(); !slices.Equal(got, []string{"nbd://0.0.0.0:10809"}) || f.nbd.cert != "" {
+		t.Errorf("nbd.listen %v, tls_cert %q", got, f.nbd.cert)
 	}
 	want := []export.ExportConfig{{Name: "disk0", Path: "/dev/nvme0n1"}, {Name: "images", Path: "/srv/images.img", ReadOnly: true}}
 	if !slices.Equal(f.exports, want) {
@@ -80,6 +83,11 @@ func TestConfigErrors(t *testing.T) {
 		{"syntax", "name = \"x\n" + base, "export.toml:1:"},
 		{"cipher without key", base + "[crypto]\ncipher = \"aes-256-gcm\"\n", "export.toml:9: crypto.key_file: required with cipher"},
 		{"checksum and cipher", base + "[crypto]\nchecksum = \"crc32c\"\ncipher = \"aes-256-gcm\"\n", "export.toml:8: crypto:"},
+		{"nbd listen", base + "[nbd]\nlisten = [\"dst://127.0.0.1:1\"]\n", "export.toml:9: nbd.listen[0]:"},
+		{"nbd cert without key", base + "[nbd]\ntls_cert = \"/x.pem\"\n", "export.toml:8: nbd: --nbd-tls-cert and --nbd-tls-key"},
+		{"nbd client cert without ca", base + "[nbd]\ntls_cert = \"/x.pem\"\ntls_key = \"/y.pem\"\ntls_require_client_cert = true\n", "needs --nbd-tls-ca"},
+		{"nbd cert unreadable", base + "[nbd]\ntls_cert = \"/nonexistent/x.pem\"\ntls_key = \"/nonexistent/y.pem\"\n", "export.toml:9: nbd:"},
+		{"bad cert rule", "[access]\nallow = [\"cert:=rw\"]\n[[export]]\nname = \"a\"\npath = \"/a\"\n", "access.allow[0]: access rule \"cert:=rw\""},
 		{"key file missing", base + "[crypto]\ncipher = \"aes-256-gcm\"\nkey_file = \"/nonexistent/psk\"\n", "export.toml:10: crypto.key_file:"},
 	}
 	for _, tt := range tests {

@@ -1,16 +1,31 @@
 package main
 
 import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/urfave/cli/v2"
+
+	"github.com/dst-dev/dst/export"
 	"github.com/dst-dev/dst/export/exporttest"
 	"github.com/dst-dev/dst/internal/nbd"
+	"github.com/dst-dev/dst/transport"
 )
 
 // TestExportNBDListen: dst export with only --nbd-listen (TCP port 0 and a
@@ -80,11 +95,167 @@ func TestExportNBDTLSFlags(t *testing.T) {
 		{[]string{"--nbd-tls-cert", junk}, "go together", true},
 		{[]string{"--nbd-tls-require"}, "needs --nbd-tls-cert", true},
 		{[]string{"--nbd-tls-cert", junk, "--nbd-tls-key", junk}, "--nbd-tls-cert", false},
+		{[]string{"--nbd-tls-ca", junk}, "--nbd-tls-ca (nbd.tls_ca) needs --nbd-tls-cert", true},
+		{[]string{"--nbd-tls-cert", junk, "--nbd-tls-key", junk, "--nbd-tls-require-client-cert"}, "needs --nbd-tls-ca", true},
 	} {
 		err := run(append(append([]string{}, base...), tc.args...)...)
 		var ue usageError
 		if err == nil || !strings.Contains(err.Error(), tc.want) || errors.As(err, &ue) != tc.usage {
 			t.Errorf("%v: %v; want an error mentioning %q (usage error: %v)", tc.args, err, tc.want, tc.usage)
 		}
+	}
+}
+
+// testPKI is a CA that issues a server certificate for 127.0.0.1 and
+// client certificates, written as PEM files.
+type testPKI struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pool *x509.CertPool
+	pem  []byte
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature, IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &testPKI{cert: cert, key: key, pool: pool, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// issue returns a certificate signed by the CA (server: for 127.0.0.1)
+// and its PEM certificate and key.
+func (p *testPKI) issue(t *testing.T, server bool, cn string) (tls.Certificate, []byte, []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
+}
+
+// writeTLSFiles writes a server certificate of p and p as the client CA.
+func (p *testPKI) writeTLSFiles(t *testing.T, dir string) {
+	t.Helper()
+	_, cert, key := p.issue(t, true, "127.0.0.1")
+	for name, b := range map[string][]byte{"cert.pem": cert, "key.pem": key, "ca.pem": p.pem} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReloadNBDTLS: the [nbd] table's TLS files with a client CA and a
+// cert: rule; a client with a certificate the rule names is served
+// read-write. After the files are replaced by ones of another CA and
+// SIGHUP's work (reloadExport), new connections use them: a client of the
+// new CA is served, one whose certificate the old CA signed fails the
+// handshake. A changed nbd.listen needs a restart and is kept.
+func TestReloadNBDTLS(t *testing.T) {
+	dir := t.TempDir()
+	pki1, pki2 := newTestPKI(t), newTestPKI(t)
+	pki1.writeTLSFiles(t, dir)
+	conf := func(listen string) string {
+		return "[access]\nallow = [\"cert:backup-host=rw\"]\n[nbd]\nlisten = [\"" + listen + "\"]\n" +
+			"tls_cert = \"" + dir + "/cert.pem\"\ntls_key = \"" + dir + "/key.pem\"\ntls_ca = \"" + dir + "/ca.pem\"\n" +
+			"[[export]]\nname = \"disk\"\npath = \"" + exporttest.File(t, 1<<20) + "\"\n"
+	}
+	p := writeConfig(t, dir, conf("nbd://127.0.0.1:0"))
+	var ctxOf *cli.Context
+	app := newApp()
+	for _, c := range app.Commands {
+		if c.Name == "export" {
+			c.Action = func(c *cli.Context) error { ctxOf = c; return nil }
+		}
+	}
+	if err := app.Run([]string{"dst", "export", "--config", p}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, listens, nset, err := exportConfigNBD(ctxOf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcfg, err := nset.tlsConfig()
+	if err != nil || tcfg.ClientAuth != tls.VerifyClientCertIfGiven {
+		t.Fatalf("TLS config %v, %v", tcfg, err)
+	}
+	holder := new(atomic.Pointer[tls.Config])
+	holder.Store(tcfg)
+	cfg.Log = exporttest.TestLogger(t)
+	srv, err := export.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := transport.ListenURL(context.Background(), nset.listens[0], transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeNBDWith(context.Background(), l, export.NBDOptions{GetTLS: holder.Load}) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	})
+	r := &exportReloader{srv: srv, cfg: cfg, listens: listens, nbd: nset, nbdTLS: holder}
+	connect := func(roots *testPKI, cert tls.Certificate) (nbd.ExportInfo, error) {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, info, _, err := nbd.ClientConnect(c, nbd.ClientOptions{Export: "disk", TLS: &tls.Config{
+			RootCAs: roots.pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12,
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil },
+		}})
+		return info, err
+	}
+	cert1, _, _ := pki1.issue(t, false, "backup-host")
+	if info, err := connect(pki1, cert1); err != nil || info.Flags&nbd.FlagReadOnly != 0 {
+		t.Fatalf("client certificate backup-host: %+v, %v", info, err)
+	}
+
+	pki2.writeTLSFiles(t, dir)
+	writeConfig(t, dir, conf("nbd://127.0.0.1:1"))
+	reloadExport(ctxOf, r)
+	cert2, _, _ := pki2.issue(t, false, "backup-host")
+	if info, err := connect(pki2, cert2); err != nil || info.Flags&nbd.FlagReadOnly != 0 {
+		t.Fatalf("after the reload, a client of the new CA: %+v, %v", info, err)
+	}
+	if _, err := connect(pki2, cert1); err == nil {
+		t.Fatal("after the reload, a client certificate of the old CA was accepted")
+	}
+	if got := r.nbd.listenStrings(); !slices.Equal(got, nset.listenStrings()) {
+		t.Fatalf("nbd.listen %v after the reload: it needs a restart", got)
 	}
 }
