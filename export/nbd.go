@@ -129,6 +129,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dst-dev/dst/internal/backend"
+	"github.com/dst-dev/dst/internal/metrics"
 	"github.com/dst-dev/dst/internal/nbd"
 )
 
@@ -226,6 +227,7 @@ func (s *Server) acceptNBD(nc net.Conn, o NBDOptions) {
 		return
 	}
 	s.wg.Add(1)
+	s.nbdOpen.Add(1)
 	s.mu.Unlock()
 	c := &nbdConn{
 		srv:  s,
@@ -307,6 +309,12 @@ type nbdReq struct {
 	errno  nbd.Errno
 	msg    string
 	hdr    [32]byte
+	// Metrics: the op counted (NumOps: none), when it was parsed, and
+	// whether its reply was queued (a request dropped unanswered counts
+	// as failed).
+	mop     metrics.Op
+	start   int64
+	replied bool
 }
 
 var nbdReqPool = sync.Pool{New: func() any { return new(nbdReq) }}
@@ -314,6 +322,7 @@ var nbdReqPool = sync.Pool{New: func() any { return new(nbdReq) }}
 func (c *nbdConn) serve() {
 	s := c.srv
 	defer s.wg.Done()
+	defer s.nbdOpen.Add(-1)
 	defer c.nc.Close()
 	watchDone := make(chan struct{})
 	watched := make(chan struct{})
@@ -335,6 +344,8 @@ func (c *nbdConn) serve() {
 		return
 	}
 	defer s.unpinExport(c.exp) // pinned by the handshake (reload.go)
+	c.exp.nbdConns.Add(1)
+	defer c.exp.nbdConns.Add(-1)
 	depth := min(int(s.cfg.MaxInflight), 128)
 	w, err := backend.NewWorker(depth)
 	if err != nil {
@@ -533,7 +544,11 @@ func (c *nbdConn) readLoop() error {
 		}
 		c.slots <- struct{}{} // backpressure: the writer frees slots
 		q := nbdReqPool.Get().(*nbdReq)
-		*q = nbdReq{c: c, r: r}
+		*q = nbdReq{c: c, r: r, mop: nbdMetricsOp(r.Type)}
+		if q.mop < metrics.NumOps {
+			q.start = metrics.Now()
+			c.exp.nbdIO.Start()
+		}
 		if r.Type == nbd.CmdWrite {
 			c.getBuf(q, uint64(r.Length), r.Offset, r.Length)
 			if _, err := io.ReadFull(br, q.data); err != nil {
@@ -570,8 +585,11 @@ func (c *nbdConn) getBuf(q *nbdReq, n, off uint64, length uint32) {
 	q.data = q.buf[skew : skew+uint64(length)]
 }
 
-// release gives back q's buffer, budget and slot.
+// release gives back q's buffer, budget and slot, and counts q.
 func (c *nbdConn) release(q *nbdReq) {
+	if q.mop < metrics.NumOps {
+		c.exp.nbdIO.Done(q.mop, q.r.Length, metrics.Now()-q.start, q.errno != 0 || !q.replied)
+	}
 	if q.charge != 0 {
 		c.bufMu.Lock()
 		c.bufUsed -= q.charge
@@ -891,6 +909,7 @@ func (c *nbdConn) writeReplies(iov [][]byte) {
 
 func (c *nbdConn) appendReply(iov [][]byte, q *nbdReq) [][]byte {
 	r := q.r
+	q.replied = true
 	if q.errno != 0 {
 		c.log.Debug("NBD request answered with an error", zap.Stringer("cmd", r.Type), zap.Stringer("errno", q.errno), zap.String("why", q.msg))
 		if c.neg.Structured {

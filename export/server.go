@@ -44,6 +44,7 @@ type Server struct {
 	janitorWake chan struct{}
 
 	executing atomic.Int64 // ops executing on every connection (tests, logs)
+	nbdOpen   atomic.Int64 // NBD connections open, handshaking ones included (metrics)
 	hold      atomic.Bool  // tests: park every op before it executes (Hold)
 
 	teardownOnce sync.Once
@@ -66,6 +67,10 @@ type export struct {
 	// Metrics (metrics.go), updated by the connections' loops.
 	io   metrics.IO
 	dups atomic.Uint64 // resends answered without executing again
+	// nbdIO counts the NBD requests on this export (nbd.go), from parse
+	// to reply; nbdConns its NBD connections in transmission.
+	nbdIO    metrics.IO
+	nbdConns atomic.Int64
 
 	// Reloads (reload.go), guarded by Server.mu: removed by RemoveExport
 	// (no new session attaches); conns: connections attached to a

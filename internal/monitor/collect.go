@@ -213,7 +213,8 @@ func (d *poolDescs) collect(ch chan<- prometheus.Metric, s *crypto.PoolStats, lv
 // ExporterCollector collects an exporter's metrics.
 type ExporterCollector struct {
 	src                   func() export.ServerMetrics
-	io                    ioDescs
+	io, nbd               ioDescs
+	nbdConns, allNBD      *prometheus.Desc
 	dups, sessions, conns *prometheus.Desc
 	info                  *prometheus.Desc
 	allConns              *prometheus.Desc
@@ -231,6 +232,9 @@ func newExporterCollector(src func() export.ServerMetrics) *ExporterCollector {
 	return &ExporterCollector{
 		src:      src,
 		io:       newIODescs("dst_export", "export", l),
+		nbd:      newIODescs("dst_export_nbd", "export, NBD clients", l),
+		nbdConns: prometheus.NewDesc("dst_export_nbd_connections", "export: NBD connections in transmission on it", l, nil),
+		allNBD:   prometheus.NewDesc("dst_exporter_nbd_connections", "exporter: NBD connections open, negotiating ones included", nil, nil),
 		dups:     prometheus.NewDesc("dst_export_duplicates_total", "export: resent requests answered without executing them again", l, nil),
 		sessions: prometheus.NewDesc("dst_export_sessions", "export: sessions held (attached or lingering)", l, nil),
 		conns:    prometheus.NewDesc("dst_export_connections", "export: DST connections attached to its sessions", l, nil),
@@ -246,7 +250,8 @@ func newExporterCollector(src func() export.ServerMetrics) *ExporterCollector {
 // Describe implements prometheus.Collector.
 func (c *ExporterCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.io.describe(ch)
-	for _, d := range []*prometheus.Desc{c.dups, c.sessions, c.conns, c.info, c.allConns, c.corrupt, c.auth, c.refuse} {
+	c.nbd.describe(ch)
+	for _, d := range []*prometheus.Desc{c.dups, c.sessions, c.conns, c.info, c.allConns, c.corrupt, c.auth, c.refuse, c.nbdConns, c.allNBD} {
 		ch <- d
 	}
 	c.pool.describe(ch)
@@ -259,6 +264,8 @@ func (c *ExporterCollector) Collect(ch chan<- prometheus.Metric) {
 		e := &m.Exports[i]
 		lv := []string{e.Name}
 		c.io.collect(ch, &e.IO, lv)
+		c.nbd.collect(ch, &e.NBD, lv)
+		ch <- prometheus.MustNewConstMetric(c.nbdConns, prometheus.GaugeValue, float64(e.NBDConns), lv...)
 		ch <- prometheus.MustNewConstMetric(c.dups, prometheus.CounterValue, float64(e.Duplicates), lv...)
 		ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(e.Sessions), lv...)
 		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(e.Conns), lv...)
@@ -269,6 +276,7 @@ func (c *ExporterCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.info, prometheus.GaugeValue, 1, e.Name, e.Path, ro)
 	}
 	ch <- prometheus.MustNewConstMetric(c.allConns, prometheus.GaugeValue, float64(m.Conns))
+	ch <- prometheus.MustNewConstMetric(c.allNBD, prometheus.GaugeValue, float64(m.NBDConns))
 	ch <- prometheus.MustNewConstMetric(c.corrupt, prometheus.CounterValue, float64(m.Crypto.Corrupt))
 	ch <- prometheus.MustNewConstMetric(c.auth, prometheus.CounterValue, float64(m.Crypto.Auth))
 	ch <- prometheus.MustNewConstMetric(c.refuse, prometheus.CounterValue, float64(m.Crypto.Refused))
