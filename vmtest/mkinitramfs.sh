@@ -4,8 +4,9 @@
 # The image is two concatenated cpio archives (the kernel unpacks both):
 #   base.cpio    busybox + applet links, kernel modules, the dynamic guest
 #                tools (fio, mke2fs, e2fsck, losetup, blkdiscard, mdadm,
-#                nbd-client, nbd-server, jq, GNU dd) with every library ldd
-#                lists and the loader. Cached in $DST_VM_CACHE and rebuilt
+#                nbd-client, nbd-server, nbdkit with its memory and file
+#                plugins, qemu-nbd, nbdinfo, jq, GNU dd) with every library
+#                ldd lists and the loader. Cached in $DST_VM_CACHE and rebuilt
 #                only when this script, the kernel or the installed packages
 #                change.
 #   overlay      /init, /tests (run-all.sh, lib.sh, scenarios/, bench/,
@@ -57,9 +58,14 @@ die() { echo "mkinitramfs: ERROR: $*" >&2; exit 1; }
 # program on PATH, so e.g. `losetup` would be busybox's (no --direct-io).
 # Hence dash, and the real launchers.
 TOOLS=(fio mke2fs mkfs.ext4 e2fsck losetup blkdiscard mdadm nbd-client nbd-server jq
-       dd dash timeout env nohup xargs setsid taskset unshare nsenter)
+       dd dash timeout env nohup xargs setsid taskset unshare nsenter
+       nbdkit qemu-nbd nbdinfo)
 # glibc dlopens libgcc_s for pthread_cancel/unwinding; not in ldd output.
 DLOPEN_LIBS=(libgcc_s.so.1)
+# nbdkit dlopens its plugins (and filters) from its plugindir/filterdir:
+# only these few are copied, with their libraries.
+NBDKIT_PLUGINS=(memory file)
+NBDKIT_FILTERS=()
 
 ROOT=""
 # add_file HOSTPATH: copy a file (or symlink chain) to the same canonical
@@ -100,10 +106,22 @@ for t in "${TOOLS[@]}"; do
 	p=$(PATH=/usr/sbin:/usr/bin:/sbin:/bin command -v "$t") || die "$t not installed (run vmtest/setup.sh)"
 	tool_paths+=("$p")
 done
+dlopen_paths=()
+nbdkit_dir() { nbdkit --dump-config | sed -n "s/^$1=//p"; }
+for n in "${NBDKIT_PLUGINS[@]}"; do
+	p=$(nbdkit_dir plugindir)/nbdkit-$n-plugin.so
+	[ -f "$p" ] || die "nbdkit plugin $p not installed"
+	dlopen_paths+=("$p")
+done
+for n in "${NBDKIT_FILTERS[@]}"; do
+	p=$(nbdkit_dir filterdir)/nbdkit-$n-filter.so
+	[ -f "$p" ] || die "nbdkit filter $p not installed"
+	dlopen_paths+=("$p")
+done
 key=$( {
 	sha256sum <"$0"
 	cat "$CACHE/kernel.env"
-	stat -c '%n %s %Y' /var/lib/dpkg/status /bin/busybox "${tool_paths[@]}"
+	stat -c '%n %s %Y' /var/lib/dpkg/status /bin/busybox "${tool_paths[@]}" "${dlopen_paths[@]}"
 } | sha256sum | cut -d' ' -f1)
 BASE=$CACHE/base.cpio
 if [ ! -s "$BASE" ] || [ "$(cat "$BASE.key" 2>/dev/null)" != "$key" ]; then
@@ -119,7 +137,7 @@ if [ ! -s "$BASE" ] || [ "$(cat "$BASE.key" 2>/dev/null)" != "$key" ]; then
 		case $a in busybox|sh) ;; *) ln -s busybox "$ROOT/bin/$a" ;; esac
 	done
 	ln -s ../usr/bin/dash "$ROOT/bin/sh"
-	for p in "${tool_paths[@]}"; do add_file "$p"; add_libs "$p"; done
+	for p in "${tool_paths[@]}" "${dlopen_paths[@]}"; do add_file "$p"; add_libs "$p"; done
 	for l in "${DLOPEN_LIBS[@]}"; do
 		p=$(ldconfig -p | awk -v l="$l" '$1 == l && /x86-64/ {print $NF; exit}')
 		[ -z "$p" ] || add_file "$p"

@@ -16,9 +16,11 @@ REPO=$(cd "$HERE/.." && pwd)
 CACHE=${DST_VM_CACHE:-$REPO/.cache/vm}
 
 # Debian packages: the VM, the initramfs tools, and the guest tools that are
-# copied into the initramfs (fio, e2fsprogs, util-linux, mdadm, nbd, jq).
+# copied into the initramfs (fio, e2fsprogs, util-linux, mdadm, nbd, jq, and
+# the NBD servers dst attach is tested against: nbdkit, qemu-nbd from
+# qemu-utils, nbdinfo from libnbd-bin).
 PKGS=(qemu-system-x86 busybox-static fio cpio xz-utils zstd kmod e2fsprogs
-      util-linux mdadm nbd-client nbd-server jq)
+      util-linux mdadm nbd-client nbd-server jq nbdkit qemu-utils libnbd-bin)
 # Modules every flavour choice must provide (as module or built in).
 REQUIRED_MODULES=(ublk_drv null_blk nbd md-mod raid1 loop)
 # Extracted too when present (small; handy for RAID scenarios).
@@ -60,7 +62,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 		"${missing[@]}" >/dev/null
 fi
-for cmd in qemu-system-x86_64 cpio xz modinfo depmod fio jq; do
+for cmd in qemu-system-x86_64 cpio xz modinfo depmod fio jq nbdkit qemu-nbd nbdinfo; do
 	command -v "$cmd" >/dev/null || die "$cmd not found after install"
 done
 [ -x /bin/busybox ] || die "/bin/busybox (busybox-static) missing"
