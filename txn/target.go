@@ -6,6 +6,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/dst-dev/dst/internal/nbd"
 	"github.com/dst-dev/dst/internal/uring"
 	"github.com/dst-dev/dst/internal/wire"
 	"github.com/dst-dev/dst/transport"
@@ -20,6 +21,8 @@ import (
 type Target struct {
 	d       *dialer
 	welcome *wire.Welcome
+	// nbdFlags: what an NBD server announced (NBD mode only)
+	nbdFlags nbd.TransmissionFlags
 
 	mu    sync.Mutex
 	first *link // the connection Dial made, for queue 0
@@ -39,8 +42,12 @@ func DialTarget(ctx context.Context, opts Options) (*Target, error) {
 		return nil, err
 	}
 	d.first = l.w
-	return &Target{d: d, welcome: l.w, first: l}, nil
+	return &Target{d: d, welcome: l.w, first: l, nbdFlags: l.nbdFlags}, nil
 }
+
+// NBD reports whether the export is on an NBD server, and what the
+// server announced about it.
+func (t *Target) NBD() (bool, nbd.TransmissionFlags) { return t.d.nbd != nil, t.nbdFlags }
 
 // Resumed reports whether the first connection resumed the session it was
 // given in Options.Sessions[0].

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 
+	"github.com/dst-dev/dst/internal/nbd"
 	"github.com/dst-dev/dst/internal/state"
 	"github.com/dst-dev/dst/internal/wire"
 	"github.com/dst-dev/dst/transport"
@@ -22,7 +23,10 @@ func attachCommand() *cli.Command {
 		Usage:     "create a ublk device backed by a remote export (runs in the foreground)",
 		ArgsUsage: "URL",
 		Description: "URL is dst://host[:port]/export, dst://[v6addr]:port/export or\n" +
-			"dst+unix:///path/to.sock?export=name. The device survives short outages:\n" +
+			"dst+unix:///path/to.sock?export=name for a DST exporter, or nbd://host[:port]/export\n" +
+			"or nbd+unix:///export?socket=/path for any NBD server (nbdkit, qemu-nbd, nbd-server,\n" +
+			"dst export --nbd-listen; one connection per queue when the server allows multi-conn).\n" +
+			"The device survives short outages:\n" +
 			"a request without an answer is resent every --timeout, --retries times,\n" +
 			"then fails with EIO; lost connections are re-established and unanswered\n" +
 			"requests resent; an idle link is probed every --ping.\n\n" +
@@ -60,12 +64,26 @@ func attachCommand() *cli.Command {
 				return err
 			}
 			rawURL := c.Args().First()
-			u, err := transport.ParseURL(rawURL)
-			if err != nil {
-				return usageError{err}
-			}
-			if u.Export == "" {
-				return usagef("URL %s names no export: add /EXPORT (or ?export=NAME for unix sockets)", rawURL)
+			var u fmt.Stringer
+			isNBD := nbd.IsURL(rawURL)
+			if isNBD {
+				nu, err := nbd.ParseURL(rawURL)
+				if err != nil {
+					return usageError{err}
+				}
+				if cc.Suite != 0 {
+					return usagef("--checksum and --cipher are DST protocol features that NBD servers do not speak: drop them, or attach a dst:// URL")
+				}
+				u = nu
+			} else {
+				tu, err := transport.ParseURL(rawURL)
+				if err != nil {
+					return usageError{err}
+				}
+				if tu.Export == "" {
+					return usagef("URL %s names no export: add /EXPORT (or ?export=NAME for unix sockets)", rawURL)
+				}
+				u = tu
 			}
 			if err := requireRoot(); err != nil {
 				return err
@@ -90,6 +108,17 @@ func attachCommand() *cli.Command {
 			cancel()
 			if err != nil {
 				return fmt.Errorf("attach %s: %w", u, err)
+			}
+			if ok, flags := target.NBD(); ok && flags&nbd.FlagCanMultiConn == 0 && o.Queues > 1 {
+				// Without multi-conn a flush on one connection need not
+				// cover writes completed on another, and each queue has
+				// its own connection.
+				if c.IsSet("queues") {
+					target.Close()
+					return usagef("--queues %d: the NBD server does not announce CAN_MULTI_CONN, so the device can use one connection only: use --queues 1", o.Queues)
+				}
+				log.Info("the NBD server does not announce CAN_MULTI_CONN: one queue, one connection", zap.Stringer("url", u))
+				o.Queues = 1
 			}
 			w := target.Welcome()
 			log.Info("connected", zap.Stringer("url", u), zap.Stringer("crypto", cc.Suite), zap.Uint64("size", w.Size),
