@@ -466,6 +466,9 @@ type fakeNBD struct {
 	mu      sync.Mutex
 	cookies [][]uint64
 	answer  func(n int, r nbd.Request) (errno nbd.Errno, cookie uint64, ok bool)
+	// raw, if it returns bytes for connection n, is what the server
+	// writes after that connection's first request, before closing it.
+	raw func(n int) []byte
 }
 
 type fakeHandler struct{}
@@ -533,6 +536,12 @@ func (f *fakeNBD) serve(n int, c net.Conn) {
 		f.mu.Lock()
 		f.cookies[n] = append(f.cookies[n], r.Cookie)
 		f.mu.Unlock()
+		if f.raw != nil {
+			if b := f.raw(n); b != nil {
+				c.Write(b) //nolint:errcheck // the client may have closed
+				return
+			}
+		}
 		errno, cookie, ok := f.answer(n, r)
 		if !ok {
 			continue
@@ -683,4 +692,47 @@ func TestNBDURLRefusals(t *testing.T) {
 	if _, err := Dial(context.Background(), o); err == nil || !strings.Contains(err.Error(), "NBD servers do not speak") {
 		t.Errorf("crypto over NBD: %v", err)
 	}
+}
+
+// FuzzNBDClientReplies: whatever a server sends back, the client neither
+// panics nor hangs: the request completes (after a reconnect to a sane
+// server, or with EIO once its attempts are used up).
+func FuzzNBDClientReplies(f *testing.F) {
+	f.Add(nbd.AppendSimpleReply(nil, 0, 1))
+	f.Add(append(nbd.AppendSimpleReply(nil, 0, 1), make([]byte, 4096)...))
+	f.Add(nbd.AppendSimpleReply(nil, nbd.EIO, 1))
+	f.Add(nbd.AppendChunkHeader(nil, nbd.ChunkFlagDone, nbd.ChunkOffsetData, 1, 4104))
+	f.Add(nbd.AppendSimpleReply(nil, 0, PingBit|1))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		srv := &fakeNBD{
+			answer: func(n int, r nbd.Request) (nbd.Errno, uint64, bool) { return 0, r.Cookie, true },
+			raw: func(n int) []byte {
+				if n == 0 {
+					return b
+				}
+				return nil
+			},
+		}
+		o := fastOpts(srv.start(t))
+		o.Retries = 3
+		c, err := Dial(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(context.Background())
+		d := newBlockDev(c)
+		done := make(chan error, 1)
+		go func() {
+			_, err := d.read(0, 4096)
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil && !errors.Is(err, syscall.EIO) {
+				t.Fatalf("read: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the read did not complete")
+		}
+	})
 }
