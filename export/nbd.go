@@ -4,12 +4,13 @@ package export
 // spoken over the NBD protocol (internal/nbd) to standard clients
 // (nbdinfo, nbdcopy, qemu, fio's nbd engine, the kernel's nbd-client).
 //
-// # Design: goroutines and a backend.Worker per connection
+// # Design: one ring per connection, goroutines for TLS
 //
-// A DST connection is one locked thread with its own io_uring that
-// receives, executes and replies (loop.go); that loop is built around the
-// DST framing, sessions and the exactly-once record, none of which NBD
-// has. Rather than teach it a second framing, an NBD connection is:
+// A plain NBD connection on a socket runs its transmission phase like a
+// DST connection: one locked thread with its own io_uring ring receives,
+// executes and replies (nbd_ring.go, which explains the loop and why). A
+// connection the ring cannot serve (TLS, whose bytes crypto/tls must
+// see; a net.Conn without a descriptor; no io_uring) is served by:
 //
 //	reader (the connection's goroutine)  header → checks → payload read
 //	        → backend.Worker.Submit (or an immediate error reply)
@@ -20,22 +21,17 @@ package export
 //	writer  replies in completion order (out of order with respect to
 //	        the requests), batched into one writev
 //
-// That costs two wake-ups per request more than the DST loop (the
-// Worker's eventfd and the reply channel). At depth 1 they are most of a
-// request's cost, so a request that arrives with nothing else in flight
-// and nothing more buffered is executed on the reader itself (blocking
-// pread/pwrite, fdatasync or fallocate through backend.File.Sync) and
-// answered at once; as soon as requests overlap they go to the Worker.
-// Measured on the 2-vCPU host (fio nbd engine, 4k, 256 MiB file on ext4,
-// O_DIRECT, three alternating 3 s runs each, a loaded shared host):
-// randwrite depth 1 2.6k–5.6k → 4.8k–7.8k IOPS, randread depth 1
-// 5.4k–7.1k → 6.3k–9.8k, randread depth 32 unchanged (17k–23k). The
-// benchmark of issue 7 weighs this design against the other NBD servers
-// (scripts/bench-nbd.sh); moving NBD onto the DST loop's single ring is
-// the next step if it falls short. Many requests are
-// in flight per connection (up to Config.MaxInflight, and at most
-// Config.MaxBufferBytes of buffers: beyond either the reader stops
-// reading); each completes on its own and is answered at once.
+// That costs two wake-ups per request more than the ring. At depth 1
+// they are most of a request's cost, so a request that arrives with
+// nothing else in flight and nothing more buffered is executed on the
+// reader itself (blocking pread/pwrite, fdatasync or fallocate through
+// backend.File.Sync) and answered at once; as soon as requests overlap
+// they go to the Worker. Both paths share the negotiation, the checks of
+// dispatch, the read-modify-write of unaligned requests and the reply
+// encoding. Many requests are in flight per connection (up to
+// Config.MaxInflight, and at most Config.MaxBufferBytes of buffers:
+// beyond either the connection stops reading); each completes on its
+// own and is answered at once.
 //
 // # Unaligned requests
 //
@@ -293,8 +289,14 @@ type nbdConn struct {
 
 	syncWG     sync.WaitGroup // read-modify-write goroutines
 	writerDone chan struct{}
-	broken     atomic.Bool // a reply write failed: the connection is closing
-	stopping   atomic.Bool
+
+	// ring is set when the transmission phase runs on a ring
+	// (nbd_ring.go): replies and storage operations go through it, and
+	// kick wakes its loop (Shutdown).
+	ring     *nbdRing
+	kick     atomic.Pointer[func()]
+	broken   atomic.Bool // a reply write failed: the connection is closing
+	stopping atomic.Bool
 }
 
 // nbdReq is one request from header to reply.
@@ -315,6 +317,8 @@ type nbdReq struct {
 	mop     metrics.Op
 	start   int64
 	replied bool
+	// syncHelper: on a ring connection's sync helper (nbd_ring.go).
+	syncHelper bool
 }
 
 var nbdReqPool = sync.Pool{New: func() any { return new(nbdReq) }}
@@ -331,6 +335,9 @@ func (c *nbdConn) serve() {
 		select {
 		case <-s.stopCh:
 			c.stopping.Store(true)
+			if k := c.kick.Load(); k != nil {
+				(*k)() // the ring loop; it checks stopping after setting kick
+			}
 			_ = c.nc.SetReadDeadline(time.Now())
 			_ = c.nc.SetWriteDeadline(time.Now().Add(nbdWriteTimeout))
 		case <-watchDone:
@@ -346,6 +353,9 @@ func (c *nbdConn) serve() {
 	defer s.unpinExport(c.exp) // pinned by the handshake (reload.go)
 	c.exp.nbdConns.Add(1)
 	defer c.exp.nbdConns.Add(-1)
+	if c.ringable() && c.serveRing() {
+		return
+	}
 	depth := min(int(s.cfg.MaxInflight), 128)
 	w, err := backend.NewWorker(depth)
 	if err != nil {
@@ -543,12 +553,7 @@ func (c *nbdConn) readLoop() error {
 			return &nbd.ProtocolError{What: "WRITE", Reason: fmt.Sprintf("payload of %d bytes exceeds %d", r.Length, nbd.MaxPayload)}
 		}
 		c.slots <- struct{}{} // backpressure: the writer frees slots
-		q := nbdReqPool.Get().(*nbdReq)
-		*q = nbdReq{c: c, r: r, mop: nbdMetricsOp(r.Type)}
-		if q.mop < metrics.NumOps {
-			q.start = metrics.Now()
-			c.exp.nbdIO.Start()
-		}
+		q := c.newReq(r)
 		if r.Type == nbd.CmdWrite {
 			c.getBuf(q, uint64(r.Length), r.Offset, r.Length)
 			if _, err := io.ReadFull(br, q.data); err != nil {
@@ -560,13 +565,26 @@ func (c *nbdConn) readLoop() error {
 	}
 }
 
+// newReq returns a request for r, counted in the metrics from now.
+func (c *nbdConn) newReq(r nbd.Request) *nbdReq {
+	q := nbdReqPool.Get().(*nbdReq)
+	*q = nbdReq{c: c, r: r, mop: nbdMetricsOp(r.Type)}
+	if q.mop < metrics.NumOps {
+		q.start = metrics.Now()
+		c.exp.nbdIO.Start()
+	}
+	return q
+}
+
 // getBuf gives q an aligned buffer of n bytes (charged to the budget,
 // waiting while the connection holds too much) and points q.data at the
 // off/length slice of it: the whole buffer for an aligned request, the
 // client's bytes inside the covering blocks for an unaligned one.
 func (c *nbdConn) getBuf(q *nbdReq, n, off uint64, length uint32) {
 	c.bufMu.Lock()
-	for c.bufUsed > 0 && c.bufUsed+int64(n) > c.bufMax {
+	// A ring loop checked the budget before admitting q (nbdRing.fits)
+	// and must not sleep here.
+	for c.ring == nil && c.bufUsed > 0 && c.bufUsed+int64(n) > c.bufMax {
 		c.bufCond.Wait()
 	}
 	c.bufUsed += int64(n)
@@ -601,12 +619,18 @@ func (c *nbdConn) release(q *nbdReq) {
 	}
 	*q = nbdReq{}
 	nbdReqPool.Put(q)
-	<-c.slots
+	if c.ring == nil {
+		<-c.slots
+	}
 }
 
 // reply hands q to the writer with errno (0: success).
 func (c *nbdConn) reply(q *nbdReq, errno nbd.Errno, msg string) {
 	q.errno, q.msg = errno, msg
+	if c.ring != nil {
+		c.ring.queue(q)
+		return
+	}
 	c.replies <- q
 }
 
@@ -734,6 +758,10 @@ func fua(f nbd.CmdFlags) backend.Flags {
 }
 
 func (c *nbdConn) submit(q *nbdReq, op backend.Op, flags backend.Flags, off uint64, buf []byte, n uint32) {
+	if c.ring != nil {
+		c.ring.start(q, op, flags, off, buf, n)
+		return
+	}
 	if len(c.slots) == 1 && c.rd.Buffered() == 0 {
 		// Nothing else in flight and no request waiting: executing it here
 		// on the reader (a blocking pread/pwrite/fdatasync/fallocate) and
@@ -794,6 +822,15 @@ func (c *nbdConn) rmwLock() *sync.Mutex {
 
 func (c *nbdConn) startRMW(q *nbdReq) {
 	c.syncWG.Add(1)
+	if g := c.ring; g != nil {
+		g.ops++
+		go func() { // owned by the connection: the loop waits for ops, teardown on syncWG
+			defer c.syncWG.Done()
+			c.result(q, c.rmw(q))
+			g.post(q)
+		}()
+		return
+	}
 	go func() { // owned by the connection: serve waits on syncWG
 		defer c.syncWG.Done()
 		c.done(q, c.rmw(q))
