@@ -4,16 +4,27 @@
 # dst export --nbd-listen, nbdkit file (cache=none), qemu-nbd (aio=io_uring,
 # cache=none; aio=native where io_uring is missing) and nbd-server.
 # Jobs: 4k randread and randwrite at depth 1 and 32, 128k sequential read
-# and write at depth 8, RUNTIME seconds each (default 5). Prints a markdown
-# table: IOPS, MB/s, p99 completion latency and the ratio of dst to the
-# best peer; OUT=FILE also writes it there, and SVG=FILE draws the IOPS of
-# each job as grouped bars (relative to the job's best server).
+# and write at depth 8, RUNTIME seconds each (default 5), RUNS times
+# (default 2). Each job runs against every server in turn before the next
+# job (the order of the servers rotates from job to job and run to run),
+# so that a change in the host's load hits every server alike; each
+# server is started for its job and stopped after it. Prints a markdown
+# table of the medians over the runs: IOPS, MB/s, p99 completion latency,
+# and the ratio of dst to the best peer (with each run's ratio), and the
+# load average before and after; OUT=FILE also writes it there, and
+# SVG=FILE draws the median IOPS of each job as grouped bars (relative to
+# the job's best server).
+#
+# The file lives in DIR (default /var/tmp), which must be on a real disk,
+# not tmpfs: on tmpfs O_DIRECT servers behave differently (dst copies
+# through a mapping, qemu-nbd cannot use cache=none).
 #
 #   scripts/bench-nbd.sh                  # builds bin/dst if needed
-#   RUNTIME=10 SIZE=1G DIR=/var/tmp scripts/bench-nbd.sh
+#   RUNTIME=10 RUNS=3 SIZE=1G DIR=/var/tmp OUT=table.md SVG=docs/bench-nbd.svg scripts/bench-nbd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=${RUNTIME:-5}
+RUNS=${RUNS:-2}
 SIZE=${SIZE:-512M}
 DIR=${DIR:-/var/tmp}
 OUT=${OUT:-}
@@ -27,6 +38,10 @@ if [ ! -x bin/dst ] || [ -n "$(find cmd export internal transport -newer bin/dst
 	PATH=$PATH:/usr/local/go/bin make -s build
 fi
 
+if [ "$(stat -f -c %T "$DIR")" = tmpfs ]; then
+	echo "bench-nbd.sh: $DIR is on tmpfs: give DIR= a directory on a real disk" >&2
+	exit 1
+fi
 work=$(mktemp -d "$DIR/dst-bench-nbd.XXXXXX")
 img=$work/disk.img
 pids=()
@@ -36,7 +51,8 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
-# A fully allocated file, so that reads hit the disk and writes overwrite.
+# A fully allocated file of random data, so that reads hit the disk and
+# writes overwrite.
 fallocate -l "$SIZE" "$img"
 dd if=/dev/urandom of="$img" bs=1M count="$(( $(stat -c %s "$img") >> 20 ))" conv=notrunc status=none
 
@@ -49,9 +65,18 @@ wait_port() {
 	return 1
 }
 
-# start NAME: starts one server in the background, sets uri.
+# start NAME: starts one server in the background, sets uri. Each start
+# takes the next port, so that no server waits for its predecessor's.
+# Before each server starts, the file's dirty pages are written back and
+# its cached pages dropped (for this file only: sync FILE, dd
+# iflag=nocache count=0), so that no server reads what another left in
+# the page cache, or pays for another's write-back.
+nstart=0
 start() {
-	local port=$((PORT0 + ${#pids[@]}))
+	local port=$((PORT0 + nstart % 100))
+	nstart=$((nstart + 1))
+	sync "$img"
+	dd if="$img" iflag=nocache count=0 status=none
 	case $1 in
 	dst)
 		bin/dst --log-level warn export --export "disk=$img" --allow-all=rw --nbd-listen "nbd://127.0.0.1:$port" \
@@ -80,60 +105,87 @@ start() {
 	wait_port "$port"
 }
 
+# stop: stops the server started last.
+stop() {
+	kill "${pids[-1]}" 2>/dev/null || true
+	for _ in $(seq 100); do kill -0 "${pids[-1]}" 2>/dev/null || break; sleep 0.1; done
+	wait "${pids[-1]}" 2>/dev/null || true
+	unset 'pids[-1]'
+}
+
 jobs=("randread-4k-qd1 randread 4k 1" "randread-4k-qd32 randread 4k 32"
 	"randwrite-4k-qd1 randwrite 4k 1" "randwrite-4k-qd32 randwrite 4k 32"
 	"read-128k-qd8 read 128k 8" "write-128k-qd8 write 128k 8")
 servers=(dst nbdkit qemu-nbd nbd-server)
 results=$work/results.tsv
 : >"$results"
-for s in "${servers[@]}"; do
-	start "$s"
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+k=0
+for run in $(seq "$RUNS"); do
 	for j in "${jobs[@]}"; do
 		read -r name rw bs qd <<<"$j"
-		fio --name="$name" --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$qd" \
-			--runtime="$RUNTIME" --time_based --ramp_time=1 --output-format=json --output="$work/$s-$name.json" &>"$work/$s-$name.err" ||
-			{ echo "bench-nbd.sh: fio $name against $s failed:" >&2; cat "$work/$s-$name.err" >&2; exit 1; }
-		python3 - "$work/$s-$name.json" "$s" "$name" >>"$results" <<'PY'
+		for i in "${!servers[@]}"; do
+			s=${servers[$(( (i + k) % ${#servers[@]} ))]}
+			start "$s"
+			out=$work/$s-$name-$run
+			fio --name="$name" --ioengine=nbd --uri="$uri" --rw="$rw" --bs="$bs" --iodepth="$qd" \
+				--runtime="$RUNTIME" --time_based --ramp_time=1 --output-format=json --output="$out.json" &>"$out.err" ||
+				{ echo "bench-nbd.sh: fio $name against $s failed:" >&2; cat "$out.err" >&2; exit 1; }
+			stop
+			python3 - "$out.json" "$s" "$name" "$run" >>"$results" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))["jobs"][0]
 d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
 p99 = d["clat_ns"].get("percentile", {}).get("99.000000", 0) / 1000
-print(f"{sys.argv[2]}\t{sys.argv[3]}\t{d['iops']:.0f}\t{d['bw_bytes']/1e6:.1f}\t{p99:.0f}")
+print(f"{sys.argv[2]}\t{sys.argv[3]}\t{d['iops']:.0f}\t{d['bw_bytes']/1e6:.1f}\t{p99:.0f}\t{sys.argv[4]}")
 PY
-		echo "bench-nbd.sh: $s $name done" >&2
+			echo "bench-nbd.sh: run $run $name $s: $(cut -f3 <<<"$(tail -1 "$results")") IOPS (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+		done
+		k=$((k + 1))
 	done
-	kill "${pids[-1]}"
-	wait "${pids[-1]}" 2>/dev/null || true
 done
+load1=$(cut -d' ' -f1-3 /proc/loadavg)
 
-table=$(python3 - "$results" "$RUNTIME" "$SIZE" <<'PY'
-import sys, collections
+table=$(python3 - "$results" "$RUNTIME" "$SIZE" "$RUNS" "$load0" "$load1" <<'PY'
+import sys, collections, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-by = collections.defaultdict(dict)
-for s, job, iops, mbs, p99 in rows:
-    by[job][s] = (float(iops), float(mbs), float(p99))
+by = collections.defaultdict(lambda: collections.defaultdict(list))
+runs = collections.defaultdict(lambda: collections.defaultdict(dict))
+for s, job, iops, mbs, p99, run in rows:
+    by[job][s].append((float(iops), float(mbs), float(p99)))
+    runs[job][run][s] = float(iops)
 servers = ["dst", "nbdkit", "qemu-nbd", "nbd-server"]
-print(f"fio nbd engine, {sys.argv[2]} s per job, {sys.argv[3]} file; IOPS / MB/s / p99 µs; ratio = dst IOPS / best peer IOPS")
+print(f"fio nbd engine, {sys.argv[2]} s per job, {sys.argv[3]} file, median of {sys.argv[4]} runs; "
+      f"IOPS / MB/s / p99 µs; ratio = dst IOPS / best peer IOPS (median; each run's in brackets); "
+      f"load average {sys.argv[5]} before, {sys.argv[6]} after")
 print()
 print("| job | " + " | ".join(servers) + " | dst / best peer |")
 print("|---|" + "---|" * (len(servers) + 1))
+def med(job, s):
+    v = by[job].get(s)
+    if not v:
+        return (0, 0, 0)
+    return tuple(statistics.median(x[k] for x in v) for k in range(3))
 for job in by:
-    cells = []
-    for s in servers:
-        i, m, p = by[job].get(s, (0, 0, 0))
-        cells.append(f"{i:,.0f} / {m:.1f} / {p:.0f}")
-    best = max(by[job].get(s, (0,))[0] for s in servers[1:]) or 1
-    print(f"| {job} | " + " | ".join(cells) + f" | {by[job]['dst'][0] / best:.2f}× |")
+    cells = [f"{i:,.0f} / {m:.1f} / {p:.0f}" for i, m, p in (med(job, s) for s in servers)]
+    best = max(med(job, s)[0] for s in servers[1:]) or 1
+    per = []
+    for run in sorted(runs[job], key=int):
+        r = runs[job][run]
+        b = max(r.get(s, 0) for s in servers[1:]) or 1
+        per.append(f"{r.get('dst', 0) / b:.2f}")
+    print(f"| {job} | " + " | ".join(cells) + f" | {med(job, 'dst')[0] / best:.2f}× ({', '.join(per)}) |")
 PY
 )
 echo "$table"
 [ -z "$OUT" ] || echo "$table" >"$OUT"
-[ -z "${SVG:-}" ] || python3 - "$results" "$RUNTIME" "$SIZE" >"$SVG" <<'PY'
-import sys, collections
+[ -z "${SVG:-}" ] || python3 - "$results" "$RUNTIME" "$SIZE" "$RUNS" >"$SVG" <<'PY'
+import sys, collections, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-by = collections.defaultdict(dict)
-for s, job, iops, mbs, p99 in rows:
-    by[job][s] = float(iops)
+all_ = collections.defaultdict(lambda: collections.defaultdict(list))
+for s, job, iops, mbs, p99, run in rows:
+    all_[job][s].append(float(iops))
+by = {job: {s: statistics.median(v) for s, v in d.items()} for job, d in all_.items()}
 servers = ["dst", "nbdkit", "qemu-nbd", "nbd-server"]
 colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
 jobs = list(by)
@@ -141,7 +193,7 @@ bw, gap, left, top, h = 14, 22, 60, 40, 220
 gw = bw * len(servers) + gap
 width = left + gw * len(jobs) + 20
 out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + h + 90}" font-family="sans-serif" font-size="11">',
-       f'<text x="{left}" y="18" font-size="13">NBD servers, fio nbd engine ({sys.argv[2]} s per job, {sys.argv[3]} file): IOPS relative to the best server per job</text>']
+       f'<text x="{left}" y="18" font-size="13">NBD servers, fio nbd engine ({sys.argv[2]} s per job, {sys.argv[3]} file, median of {sys.argv[4]} runs): IOPS relative to the best server per job</text>']
 for k in range(5):
     y = top + h - h * k / 4
     out.append(f'<line x1="{left}" x2="{width - 20}" y1="{y:.0f}" y2="{y:.0f}" stroke="#ddd"/><text x="{left - 6}" y="{y + 4:.0f}" text-anchor="end">{k * 25}%</text>')
