@@ -70,6 +70,11 @@ type Config struct {
 	// on the connection's thread. The caller owns the pool (closes it
 	// after the server).
 	CryptoPool *crypto.Pool
+	// CryptoWorkers is the pool size the configuration asked for (dst
+	// export --crypto-workers, crypto_workers in its file; 0 inline). The
+	// server does not use it: whoever builds the Config makes CryptoPool
+	// from it.
+	CryptoWorkers int
 
 	// counters shared by the server's connections (set by withDefaults)
 	counters *counters

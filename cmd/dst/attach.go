@@ -97,7 +97,7 @@ func attachCommand() *cli.Command {
 
 			k := newRecordKeeper(recordOptions(c, state.Record{Kind: "remote", URL: u.String(), ReadOnly: c.Bool("ro"),
 				Remote: &state.Remote{Timeout: c.Duration("timeout").String(), Retries: c.Int("retries"), Ping: c.Duration("ping").String(),
-					Checksum: c.String("checksum"), Cipher: c.String("cipher"), KeyFile: absPath(c.String("key-file"))}}))
+					Checksum: c.String("checksum"), Cipher: c.String("cipher"), KeyFile: absPath(c.String("key-file")), CryptoWorkers: workers}}))
 			ctx, cancel := context.WithTimeout(c.Context, 30*time.Second)
 			opts := remoteOptions(rawURL, c.Duration("timeout"), c.Int("retries"), c.Duration("ping"), o.Depth, c.Bool("ro"), k)
 			opts.Crypto = cc

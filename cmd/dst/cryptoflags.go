@@ -25,12 +25,17 @@ const maxCryptoWorkers = 256
 // cryptoWorkers checks --crypto-workers against the suite in effect: 0..
 // maxCryptoWorkers, and a pool only with a checksum or a cipher.
 func cryptoWorkers(c *cli.Context, s crypto.Suite) (int, error) {
-	n := c.Int("crypto-workers")
+	return checkCryptoWorkers("--crypto-workers", c.Int("crypto-workers"), s)
+}
+
+// checkCryptoWorkers checks a pool size given as name (a flag or a
+// configuration key) against the suite in effect.
+func checkCryptoWorkers(name string, n int, s crypto.Suite) (int, error) {
 	switch {
 	case n < 0 || n > maxCryptoWorkers:
-		return 0, usagef("--crypto-workers %d out of range: need 0..%d (0: inline)", n, maxCryptoWorkers)
+		return 0, usagef("%s %d out of range: need 0..%d (0: inline)", name, n, maxCryptoWorkers)
 	case n > 0 && s == crypto.None:
-		return 0, usagef("--crypto-workers is only used with --checksum or --cipher")
+		return 0, usagef("%s is only used with --checksum or --cipher", name)
 	}
 	return n, nil
 }

@@ -127,3 +127,16 @@ func TestExportCryptoWorkers(t *testing.T) {
 	c.Close(context.Background())
 	proc.stop(t, 10*time.Second)
 }
+
+// TestRecoverCryptoWorkers: dst recover takes --crypto-workers like dst
+// attach and checks its range before anything else (the suite is the state
+// record's, checked once the record is read).
+func TestRecoverCryptoWorkers(t *testing.T) {
+	for _, n := range []string{"-1", "257"} {
+		err := run("recover", "5", "--crypto-workers", n)
+		var ue usageError
+		if err == nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), "--crypto-workers "+n+" out of range") {
+			t.Errorf("dst recover 5 --crypto-workers %s: %v; want a usage error about the range", n, err)
+		}
+	}
+}

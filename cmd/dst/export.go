@@ -293,7 +293,11 @@ func exportConfigDST(c *cli.Context) (cfg export.Config, _ []string, file *expor
 			return cfg, nil, nil, err
 		}
 	}
-	if _, err := cryptoWorkers(c, cfg.Crypto.Suite); err != nil {
+	if file != nil && file.workers >= 0 && !c.IsSet("crypto-workers") {
+		if cfg.CryptoWorkers, err = checkCryptoWorkers(file.path+": crypto_workers", file.workers, cfg.Crypto.Suite); err != nil {
+			return cfg, nil, nil, err
+		}
+	} else if cfg.CryptoWorkers, err = cryptoWorkers(c, cfg.Crypto.Suite); err != nil {
 		return cfg, nil, nil, err
 	}
 	if err := applyExportFaults(c, &cfg); err != nil {
@@ -372,7 +376,7 @@ func runExport(c *cli.Context) error {
 		return err
 	}
 	cfg.Log = log
-	if cfg.CryptoPool = newCryptoPool(c.Int("crypto-workers")); cfg.CryptoPool != nil {
+	if cfg.CryptoPool = newCryptoPool(cfg.CryptoWorkers); cfg.CryptoPool != nil {
 		defer cfg.CryptoPool.Close() // after the server has shut down
 	}
 	srv, err := export.New(cfg)

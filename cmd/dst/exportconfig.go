@@ -34,7 +34,7 @@ import (
 //     listen, [[export]] and access.allow (an export name or a prefix in
 //     both is an error, as it is twice on the command line);
 //   - single values override: --allow-all, --name, --max-inflight,
-//     --max-transfer, and the crypto flags as a group (any of --checksum,
+//     --max-transfer, --crypto-workers, and the crypto flags as a group (any of --checksum,
 //     --cipher, --key-file replaces the whole [crypto] table).
 //
 // SIGHUP re-reads the file and applies the same flags again: the access
@@ -53,7 +53,10 @@ type fileConfig struct {
 	Listen      []string `toml:"listen"`
 	MaxInflight int64    `toml:"max_inflight"`
 	MaxTransfer string   `toml:"max_transfer"`
-	Access      struct {
+	// CryptoWorkers is --crypto-workers: not in [crypto], which the
+	// crypto flags replace as a group, since it overrides alone.
+	CryptoWorkers int `toml:"crypto_workers"`
+	Access        struct {
 		Allow    []string `toml:"allow"`
 		AllowAll string   `toml:"allow_all"`
 	} `toml:"access"`
@@ -89,6 +92,7 @@ type exportFile struct {
 	rules       []export.Rule
 	allowAll    export.Access
 	crypto      *crypto.Config // nil: no [crypto] table
+	workers     int            // crypto_workers; -1: not given
 	nbd         nbdSettings    // the [nbd] table (zero: none)
 	exports     []export.ExportConfig
 }
@@ -128,7 +132,7 @@ func loadExportFile(path string) (*exportFile, error) {
 		k := und[0]
 		return nil, configError(path, lines.find(k), k.String(), "unknown key (see docs/dst-export.example.toml for the keys)")
 	}
-	f := &exportFile{path: path, name: fc.Name}
+	f := &exportFile{path: path, name: fc.Name, workers: -1}
 	line := func(k ...string) int { return lines.find(toml.Key(k)) }
 
 	if len(f.name) > wire.MaxNameLen {
@@ -156,6 +160,12 @@ func loadExportFile(path string) (*exportFile, error) {
 			return nil, configError(path, line("max_transfer"), "max_transfer", "%v", err)
 		}
 		f.maxTransfer = mt
+	}
+	if md.IsDefined("crypto_workers") {
+		if n := fc.CryptoWorkers; n < 0 || n > maxCryptoWorkers {
+			return nil, configError(path, line("crypto_workers"), "crypto_workers", "%d out of range: need 0..%d (0: inline)", n, maxCryptoWorkers)
+		}
+		f.workers = fc.CryptoWorkers
 	}
 	for i, s := range fc.Access.Allow {
 		r, err := export.ParseRule(s)
@@ -435,6 +445,9 @@ func (r *exportReloader) apply(ctx context.Context, next export.Config, listens 
 	}
 	if !sameCrypto(next.Crypto, cur.Crypto) {
 		restart = append(restart, "crypto")
+	}
+	if next.CryptoWorkers != cur.CryptoWorkers {
+		restart = append(restart, "crypto_workers")
 	}
 	var errs []error
 	if !sameACL(next.Access, cur.Access) {

@@ -38,6 +38,9 @@ func TestExampleConfig(t *testing.T) {
 	if got := strings.Join(rules, " "); got != "10.0.0.0/24=rw 10.0.1.0/24=ro fd00:5::/64=rw cert:backup-host=ro" {
 		t.Errorf("rules %s", got)
 	}
+	if f.workers != 0 {
+		t.Errorf("crypto_workers %d, want 0", f.workers)
+	}
 	if f.allowAll != export.Deny || f.crypto != nil {
 		t.Errorf("allow_all %v, crypto %v: both are commented out", f.allowAll, f.crypto)
 	}
@@ -76,6 +79,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad allow_all", base + "[access]\n", "export.toml:8:"}, // a table defined twice: a TOML error, with its line
 		{"allow_all value", "[access]\nallow_all = \"all\"\n[[export]]\nname = \"a\"\npath = \"/a\"\n", "export.toml:2: access.allow_all: access right \"all\""},
 		{"max_inflight", "max_inflight = 0\n" + base, "export.toml:1: max_inflight: 0 out of range"},
+		{"crypto_workers", "crypto_workers = 257\n" + base, "export.toml:1: crypto_workers: 257 out of range: need 0..256"},
 		{"max_transfer", "max_transfer = \"3000\"\n" + base, "export.toml:1: max_transfer: 3000: need a multiple of 512"},
 		{"listen with export", "listen = [\"dst://127.0.0.1:1/disk\"]\n" + base, "export.toml:1: listen[0]: dst://127.0.0.1:1/disk: a listen URL names no export"},
 		{"bad listen", "listen = [\"ftp://x\"]\n" + base, "export.toml:1: listen[0]:"},
@@ -337,5 +341,32 @@ func TestExportSIGHUP(t *testing.T) {
 	proc.stop(t, 20*time.Second)
 	if !strings.Contains(proc.stderr.String(), "configuration reloaded") {
 		t.Errorf("no reload in the log:\n%s", proc.stderr.String())
+	}
+}
+
+// TestConfigCryptoWorkers: crypto_workers in the file sets the pool size,
+// --crypto-workers overrides it, and either needs a suite.
+func TestConfigCryptoWorkers(t *testing.T) {
+	dir := t.TempDir()
+	const base = "[access]\nallow = [\"10.0.0.0/8=rw\"]\n\n[[export]]\nname = \"a\"\npath = \"/a\"\n\n"
+	p := writeConfig(t, dir, "crypto_workers = 3\n"+base+"[crypto]\nchecksum = \"crc32c\"\n")
+	for _, tt := range []struct {
+		args []string
+		want int
+	}{
+		{nil, 3},
+		{[]string{"--crypto-workers", "1"}, 1},
+		{[]string{"--crypto-workers", "0"}, 0},
+	} {
+		cfg, _, err := exportConfigOf(t, append([]string{"--config", p}, tt.args...)...)
+		if err != nil || cfg.CryptoWorkers != tt.want {
+			t.Errorf("%v: workers %d, %v; want %d", tt.args, cfg.CryptoWorkers, err, tt.want)
+		}
+	}
+	p = writeConfig(t, dir, "crypto_workers = 2\n"+base)
+	_, _, err := exportConfigOf(t, "--config", p)
+	var ue usageError
+	if err == nil || !errors.As(err, &ue) || !strings.Contains(err.Error(), "crypto_workers is only used with --checksum or --cipher") {
+		t.Errorf("crypto_workers without a suite: %v", err)
 	}
 }

@@ -58,6 +58,7 @@ func recoverCommand() *cli.Command {
 			&cli.DurationFlag{Name: "wait", Value: 30 * time.Second, Usage: "how long to wait for the kernel to release the device from its dead daemon"},
 			&cli.BoolFlag{Name: "keep-device", Usage: "on SIGTERM/SIGINT leave the device quiesced again (default: as the record says)"},
 			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics on HOST:PORT (default: the record's, from the first daemon's --metrics-listen)"},
+			&cli.IntFlag{Name: "crypto-workers", Usage: "as for dst attach: seal large payloads on a pool of up to `N` workers, 0 inline (default: the record's, from dst attach --crypto-workers)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -78,6 +79,16 @@ func recoverCommand() *cli.Command {
 				v := c.String("metrics-listen")
 				metricsAddr = &v
 			}
+			var workers *int
+			if c.IsSet("crypto-workers") {
+				// The suite is the record's: checked against it once
+				// the record is read (recoverTarget).
+				v := c.Int("crypto-workers")
+				if v < 0 || v > maxCryptoWorkers {
+					return usagef("--crypto-workers %d out of range: need 0..%d (0: inline)", v, maxCryptoWorkers)
+				}
+				workers = &v
+			}
 			if err := requireRoot(); err != nil {
 				return err
 			}
@@ -86,7 +97,7 @@ func recoverCommand() *cli.Command {
 				v := c.Bool("keep-device")
 				keep = &v
 			}
-			return recoverDevice(c.Context, id, c.Duration("wait"), keep, metricsAddr)
+			return recoverDevice(c.Context, id, c.Duration("wait"), keep, metricsAddr, workers)
 		},
 	}
 }
@@ -203,7 +214,7 @@ func joinInts(v []int) string {
 }
 
 // recoverDevice takes device id over and serves it until a signal.
-func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *bool, metricsAddr *string) error {
+func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *bool, metricsAddr *string, workers *int) error {
 	// A dst daemon serving the device holds this lock for its whole life;
 	// holding it here also keeps two recoveries apart.
 	unlock, lockErr := stateDir.Lock(id)
@@ -246,6 +257,15 @@ func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *boo
 	if metricsAddr != nil {
 		rec.MetricsListen = *metricsAddr
 	}
+	if workers != nil {
+		if rec.Remote == nil {
+			if *workers > 0 {
+				return usagef("--crypto-workers: device %d is not a remote device (dst attach)", id)
+			}
+		} else {
+			rec.Remote.CryptoWorkers = *workers
+		}
+	}
 	epoch := rec.Epoch + 1
 	k := newRecordKeeper(rec)
 
@@ -262,10 +282,13 @@ func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *boo
 			ml.Close()
 		}
 	}
-	t, err := recoverTarget(ctx, &rec, epoch, k)
+	t, pool, err := recoverTarget(ctx, &rec, epoch, k)
 	if err != nil {
 		closeML()
 		return &ublk.RefusedError{ID: id, Reason: err.Error()}
+	}
+	if pool != nil {
+		defer pool.Close() // after the queues are gone
 	}
 	if _, err := ublk.CheckTarget(ctrl, id, t); err != nil {
 		closeML()
@@ -303,25 +326,26 @@ func recoverDevice(ctx context.Context, id uint32, wait time.Duration, keep *boo
 	return err
 }
 
-// recoverTarget rebuilds the target a record describes.
-func recoverTarget(ctx context.Context, r *state.Record, epoch uint16, k *recordKeeper) (ublk.Target, error) {
+// recoverTarget rebuilds the target a record describes, and for a remote
+// device with crypto workers their pool, to be closed after the target.
+func recoverTarget(ctx context.Context, r *state.Record, epoch uint16, k *recordKeeper) (ublk.Target, *crypto.Pool, error) {
 	switch r.Kind {
 	case "null":
-		return &ublk.NullTarget{Size: r.Size, BlockSize: r.BlockSize}, nil
+		return &ublk.NullTarget{Size: r.Size, BlockSize: r.BlockSize}, nil, nil
 	case "file":
 		f, err := backend.Open(r.Path, backend.Options{ReadOnly: r.ReadOnly, Buffered: r.Buffered})
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		t := ublk.NewFileTarget(f)
 		t.ErrorLog = ioErrorLogger(r.Path)
 		log.Info("backing file", zap.Stringer("file", t))
-		return t, nil
+		return t, nil, nil
 	case "remote":
 		timeout, err1 := time.ParseDuration(r.Remote.Timeout)
 		ping, err2 := time.ParseDuration(r.Remote.Ping)
 		if err := errors.Join(err1, err2); err != nil {
-			return nil, fmt.Errorf("state record: %w", err)
+			return nil, nil, fmt.Errorf("state record: %w", err)
 		}
 		sessions := make([]wire.Token, r.Queues)
 		for i, s := range r.Remote.Sessions {
@@ -334,24 +358,35 @@ func recoverTarget(ctx context.Context, r *state.Record, epoch uint16, k *record
 		o := remoteOptions(r.URL, timeout, r.Remote.Retries, ping, r.Depth, r.ReadOnly, k)
 		suite, err := crypto.SuiteFromFlags(r.Remote.Checksum, r.Remote.Cipher)
 		if err != nil {
-			return nil, fmt.Errorf("state record: %w", err)
+			return nil, nil, fmt.Errorf("state record: %w", err)
 		}
 		if o.Crypto, err = loadCrypto(suite, r.Remote.KeyFile); err != nil {
-			return nil, fmt.Errorf("state record: %w", err)
+			return nil, nil, fmt.Errorf("state record: %w", err)
+		}
+		workers := r.Remote.CryptoWorkers
+		if workers < 0 || workers > maxCryptoWorkers {
+			return nil, nil, fmt.Errorf("state record: crypto_workers %d out of range 0..%d", workers, maxCryptoWorkers)
+		}
+		if workers > 0 && suite == crypto.None {
+			return nil, nil, fmt.Errorf("--crypto-workers %d: the device has no --checksum or --cipher", workers)
 		}
 		o.FirstID = txn.EpochFirstID(epoch)
 		o.Sessions = sessions
+		o.CryptoPool = newCryptoPool(workers)
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		t, err := txn.DialTarget(dctx, o)
 		cancel()
 		if err != nil {
-			return nil, fmt.Errorf("reconnect to %s: %w", r.URL, err)
+			if o.CryptoPool != nil {
+				o.CryptoPool.Close()
+			}
+			return nil, nil, fmt.Errorf("reconnect to %s: %w", r.URL, err)
 		}
 		if !sessions[0].IsZero() && !t.Resumed() {
 			log.Warn("the exporter no longer holds the session of queue 0 (restarted, or past its linger time): requests the dead daemon had in flight may run again (PROTOCOL.md §5.4)",
 				zap.String("url", r.URL))
 		}
-		return t, nil
+		return t, o.CryptoPool, nil
 	}
-	return nil, fmt.Errorf("unknown kind %q", r.Kind)
+	return nil, nil, fmt.Errorf("unknown kind %q", r.Kind)
 }

@@ -75,6 +75,9 @@ type Remote struct {
 	Checksum string `json:"checksum,omitempty"`
 	Cipher   string `json:"cipher,omitempty"`
 	KeyFile  string `json:"key_file,omitempty"`
+	// CryptoWorkers is dst attach --crypto-workers (dst recover uses it
+	// unless given its own).
+	CryptoWorkers int `json:"crypto_workers,omitempty"`
 }
 
 // Dir is a directory of records.
