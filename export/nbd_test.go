@@ -707,3 +707,62 @@ func TestNBDShutdownUnderLoad(t *testing.T) {
 	wg.Wait() // the exporter closed every connection: senders and receivers end
 	checkNoLeak(t, base)
 }
+
+// TestNBDLimits: with a small MaxInflight and MaxBufferBytes, a client
+// that pipelines writes of every size (small ones that come with their
+// header, 100 KiB ones received straight into their buffer, a 1 MiB one
+// larger than the whole budget, unaligned ones) and then reads them back
+// gets every reply and its data: the connection stops reading at the
+// limits and goes on as replies leave.
+func TestNBDLimits(t *testing.T) {
+	path := exporttest.File(t, testSize)
+	cfg := config(path)
+	cfg.MaxInflight = 4
+	cfg.MaxBufferBytes = 256 << 10
+	_, addr := startNBD(t, cfg)
+	c := dialNBD(t, addr, nbd.ClientOptions{Export: "disk", Structured: true})
+	sizes := []uint32{4096, 100 << 10, 512, 1 << 20, 3000, 64 << 10, 8192, 100<<10 + 7}
+	data := pattern(testSize/2, 5)
+	type span struct{ off, n uint32 }
+	var spans []span
+	var out []byte
+	off := uint32(0)
+	for i := range 40 {
+		n := sizes[i%len(sizes)]
+		if off+n > uint32(len(data)) {
+			off = uint32(i * 4096 % 65536)
+		}
+		spans = append(spans, span{off, n})
+		off += n + 512
+	}
+	// Later writes must not overlap earlier ones in flight: write each
+	// span's bytes from the same pattern, so overlaps write equal bytes.
+	for i, s := range spans {
+		out = append(nbd.AppendRequest(out, req(nbd.CmdWrite, uint64(i+1), uint64(s.off), s.n)), data[s.off:s.off+s.n]...)
+	}
+	wait := c.sendAsync(out)
+	for range spans {
+		if r, err := c.recv(nil); err != nil || r.errno != 0 {
+			t.Fatalf("write reply %+v, %v", r, err)
+		}
+	}
+	wait()
+	lengths := map[uint64]uint32{}
+	out = out[:0]
+	for i, s := range spans {
+		lengths[uint64(100+i)] = s.n
+		out = nbd.AppendRequest(out, req(nbd.CmdRead, uint64(100+i), uint64(s.off), s.n))
+	}
+	wait = c.sendAsync(out)
+	for range spans {
+		r, err := c.recv(lengths)
+		if err != nil || r.errno != 0 {
+			t.Fatalf("read reply %+v, %v", r, err)
+		}
+		s := spans[r.cookie-100]
+		if !bytes.Equal(r.data, data[s.off:s.off+s.n]) {
+			t.Fatalf("read %d (%d bytes at %d) returned other data", r.cookie, s.n, s.off)
+		}
+	}
+	wait()
+}
