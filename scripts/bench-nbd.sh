@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Host benchmark of issue 7: the same fio jobs through fio's nbd engine
-# against four NBD servers serving the same backing file on the real disk:
-# dst export --nbd-listen, nbdkit file (cache=none), qemu-nbd (aio=io_uring,
-# cache=none; aio=native where io_uring is missing) and nbd-server.
+# against NBD servers serving the same backing file on the real disk:
+# dst export --nbd-listen (O_DIRECT, its default), the same with the
+# export ,buffered (through the page cache, as nbdkit and nbd-server
+# work), nbdkit file (cache=none), qemu-nbd (aio=io_uring, cache=none;
+# aio=native where io_uring is missing) and nbd-server.
 # Jobs: 4k randread and randwrite at depth 1 and 32, 128k sequential read
 # and write at depth 8, RUNTIME seconds each (default 5), RUNS times
 # (default 2). Each job runs against every server in turn before the next
@@ -10,7 +12,8 @@
 # so that a change in the host's load hits every server alike; each
 # server is started for its job and stopped after it. Prints a markdown
 # table of the medians over the runs: IOPS, MB/s, p99 completion latency,
-# and the ratio of dst to the best peer (with each run's ratio), and the
+# and the ratio of dst and of dst-buffered to the best peer (with each
+# run's ratio), and the
 # load average before and after; OUT=FILE also writes it there, and
 # SVG=FILE draws the median IOPS of each job as grouped bars (relative to
 # the job's best server).
@@ -78,9 +81,11 @@ start() {
 	sync "$img"
 	dd if="$img" iflag=nocache count=0 status=none
 	case $1 in
-	dst)
-		bin/dst --log-level warn export --export "disk=$img" --allow-all=rw --nbd-listen "nbd://127.0.0.1:$port" \
-			>"$work/dst.out" 2>"$work/dst.err" &
+	dst | dst-buffered)
+		local opt=
+		[ "$1" = dst ] || opt=,buffered
+		bin/dst --log-level warn export --export "disk=$img$opt" --allow-all=rw --nbd-listen "nbd://127.0.0.1:$port" \
+			>"$work/$1.out" 2>"$work/$1.err" &
 		uri=nbd://127.0.0.1:$port/disk ;;
 	nbdkit)
 		nbdkit -f --ipaddr 127.0.0.1 --port "$port" file "file=$img" cache=none 2>"$work/nbdkit.err" &
@@ -116,7 +121,7 @@ stop() {
 jobs=("randread-4k-qd1 randread 4k 1" "randread-4k-qd32 randread 4k 32"
 	"randwrite-4k-qd1 randwrite 4k 1" "randwrite-4k-qd32 randwrite 4k 32"
 	"read-128k-qd8 read 128k 8" "write-128k-qd8 write 128k 8")
-servers=(dst nbdkit qemu-nbd nbd-server)
+servers=(dst dst-buffered nbdkit qemu-nbd nbd-server)
 results=$work/results.tsv
 : >"$results"
 load0=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -154,13 +159,14 @@ runs = collections.defaultdict(lambda: collections.defaultdict(dict))
 for s, job, iops, mbs, p99, run in rows:
     by[job][s].append((float(iops), float(mbs), float(p99)))
     runs[job][run][s] = float(iops)
-servers = ["dst", "nbdkit", "qemu-nbd", "nbd-server"]
+servers = ["dst", "dst-buffered", "nbdkit", "qemu-nbd", "nbd-server"]
+peers = servers[2:]
 print(f"fio nbd engine, {sys.argv[2]} s per job, {sys.argv[3]} file, median of {sys.argv[4]} runs; "
-      f"IOPS / MB/s / p99 µs; ratio = dst IOPS / best peer IOPS (median; each run's in brackets); "
+      f"IOPS / MB/s / p99 µs; ratio = IOPS / best peer's IOPS (of the medians; each run's in brackets); "
       f"load average {sys.argv[5]} before, {sys.argv[6]} after")
 print()
-print("| job | " + " | ".join(servers) + " | dst / best peer |")
-print("|---|" + "---|" * (len(servers) + 1))
+print("| job | " + " | ".join(servers) + " | dst / best peer | dst-buffered / best peer |")
+print("|---|" + "---|" * (len(servers) + 2))
 def med(job, s):
     v = by[job].get(s)
     if not v:
@@ -168,13 +174,16 @@ def med(job, s):
     return tuple(statistics.median(x[k] for x in v) for k in range(3))
 for job in by:
     cells = [f"{i:,.0f} / {m:.1f} / {p:.0f}" for i, m, p in (med(job, s) for s in servers)]
-    best = max(med(job, s)[0] for s in servers[1:]) or 1
-    per = []
-    for run in sorted(runs[job], key=int):
-        r = runs[job][run]
-        b = max(r.get(s, 0) for s in servers[1:]) or 1
-        per.append(f"{r.get('dst', 0) / b:.2f}")
-    print(f"| {job} | " + " | ".join(cells) + f" | {med(job, 'dst')[0] / best:.2f}× ({', '.join(per)}) |")
+    best = max(med(job, s)[0] for s in peers) or 1
+    ratios = []
+    for d in servers[:2]:
+        per = []
+        for run in sorted(runs[job], key=int):
+            r = runs[job][run]
+            b = max(r.get(s, 0) for s in peers) or 1
+            per.append(f"{r.get(d, 0) / b:.2f}")
+        ratios.append(f"{med(job, d)[0] / best:.2f}× ({', '.join(per)})")
+    print(f"| {job} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
 PY
 )
 echo "$table"
@@ -186,8 +195,8 @@ all_ = collections.defaultdict(lambda: collections.defaultdict(list))
 for s, job, iops, mbs, p99, run in rows:
     all_[job][s].append(float(iops))
 by = {job: {s: statistics.median(v) for s, v in d.items()} for job, d in all_.items()}
-servers = ["dst", "nbdkit", "qemu-nbd", "nbd-server"]
-colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
+servers = ["dst", "dst-buffered", "nbdkit", "qemu-nbd", "nbd-server"]
+colors = ["#d62728", "#ff9896", "#1f77b4", "#2ca02c", "#9467bd"]
 jobs = list(by)
 bw, gap, left, top, h = 14, 22, 60, 40, 220
 gw = bw * len(servers) + gap
