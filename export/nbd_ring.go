@@ -521,8 +521,10 @@ func (g *nbdRing) start(q *nbdReq, op backend.Op, flags backend.Flags, off uint6
 	f := c.exp.file
 	q.br = backend.Request{Op: op, Flags: flags, Off: off, Buf: buf, Length: n}
 	g.ops++
-	if c.exp.inline && c.srv.cfg.ioDelay == 0 {
-		// pread/pwrite on tmpfs: a copy, faster here than a punt to io-wq.
+	if (c.exp.inline || f.Buffered() && op == backend.OpWrite && flags&backend.FlagFUA == 0) && c.srv.cfg.ioDelay == 0 {
+		// pread/pwrite on tmpfs, and a buffered write (without FUA: that
+		// would wait for the disk) into the page cache: a copy, cheaper
+		// here than io_uring's punt of it to an io-wq thread and back.
 		g.ops--
 		c.result(q, f.Sync(op, flags, off, buf, n))
 		g.queue(q)
