@@ -297,6 +297,7 @@ type nbdConn struct {
 	kick     atomic.Pointer[func()]
 	broken   atomic.Bool // a reply write failed: the connection is closing
 	stopping atomic.Bool
+	aborted  atomic.Bool // SetAccess revoked the connection's access
 }
 
 // nbdReq is one request from header to reply.
@@ -353,6 +354,11 @@ func (c *nbdConn) serve() {
 	defer s.unpinExport(c.exp) // pinned by the handshake (reload.go)
 	c.exp.nbdConns.Add(1)
 	defer c.exp.nbdConns.Add(-1)
+	if !s.registerNBD(c) {
+		c.log.Info("NBD handshake: the access list changed")
+		return
+	}
+	defer s.unregisterNBD(c)
 	if c.ringable() && c.serveRing() {
 		return
 	}
@@ -439,6 +445,50 @@ func (c *nbdConn) handshake() bool {
 		zap.Stringer("via", neg.Via), zap.Bool("read_only", c.readOnly), zap.Bool("tls", isTLS),
 		zap.Strings("cert", c.certIDs), zap.String("rule", rule))
 	return true
+}
+
+// registerNBD makes c known to SetAccess, unless the access list (which
+// SetAccess replaces under s.mu) no longer grants what the handshake did.
+func (s *Server) registerNBD(c *nbdConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, _ := c.access(); a == Deny || a == ReadOnly && !c.readOnly {
+		return false
+	}
+	if s.nbdConns == nil {
+		s.nbdConns = map[*nbdConn]struct{}{}
+	}
+	s.nbdConns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) unregisterNBD(c *nbdConn) {
+	s.mu.Lock()
+	delete(s.nbdConns, c)
+	s.mu.Unlock()
+}
+
+// revokeNBDLocked returns the NBD connections whose access t reduces
+// (denied, or read-only for a connection that may write). s.mu is held.
+func (s *Server) revokeNBDLocked(t *aclTable) []*nbdConn {
+	var out []*nbdConn
+	for c := range s.nbdConns {
+		if a, _ := t.lookupCert(c.peer, c.certIDs); a == Deny || a == ReadOnly && !c.readOnly {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// abort closes c at once (SetAccess): nothing more is read or answered;
+// what is executing completes first.
+func (c *nbdConn) abort() {
+	c.aborted.Store(true)
+	if k := c.kick.Load(); k != nil {
+		(*k)() // the ring loop sees aborted
+		return
+	}
+	_ = c.nc.Close() // the reader and writer fail (also under TLS)
 }
 
 // access is the peer's access under the current list: by its client

@@ -275,6 +275,11 @@ func (g *nbdRing) handle(cqe *uring.CQE) {
 func (g *nbdRing) step() {
 	c := g.c
 	g.drainX()
+	if !g.broken && c.aborted.Load() {
+		// SetAccess: drop everything, close once quiet (it logged why).
+		g.stopReading(errors.New("access revoked by a new access list"))
+		g.breakSend()
+	}
 	if g.reading && c.stopping.Load() {
 		g.stopReading(nil)
 	}

@@ -70,6 +70,13 @@ func nbdPKI(t *testing.T) (server, client *tls.Config, dir string) {
 // startNBDTLS serves cfg to NBD clients with o on a loopback port.
 func startNBDTLS(t *testing.T, cfg export.Config, o export.NBDOptions) string {
 	t.Helper()
+	_, addr := startNBDWith(t, cfg, o)
+	return addr
+}
+
+// startNBDWith is startNBDTLS that also returns the server.
+func startNBDWith(t *testing.T, cfg export.Config, o export.NBDOptions) (*export.Server, string) {
+	t.Helper()
 	cfg.Log = exporttest.TestLogger(t)
 	s, err := export.New(cfg)
 	if err != nil {
@@ -89,7 +96,7 @@ func startNBDTLS(t *testing.T, cfg export.Config, o export.NBDOptions) string {
 		}
 		<-done
 	})
-	return l.Addr().String()
+	return s, l.Addr().String()
 }
 
 func mustNBDURL(t *testing.T, s string) *transport.URL {

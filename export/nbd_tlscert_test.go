@@ -297,3 +297,58 @@ func TestNBDPeerNbdinfoClientCert(t *testing.T) {
 		t.Logf("nbdinfo without a client certificate (refused as expected): %s", b)
 	}
 }
+
+// TestNBDSetAccessRevokes: a new access list closes the NBD connections
+// whose access it reduces — a TLS client whose cert: rule is gone (served
+// by goroutines), a plain client whose address rule becomes ro (served on
+// a ring) — and leaves the others alone.
+func TestNBDSetAccessRevokes(t *testing.T) {
+	ca := newTestCA(t, "dst test CA")
+	srvCert, _, _ := ca.issue(true, "127.0.0.1")
+	cfg := config(exporttest.File(t, 1<<20))
+	cfg.Access = export.ACL{Rules: []export.Rule{mustRule("cert:backup-host=rw"), mustRule("127.0.0.1=rw")}}
+	s, addr := startNBDWith(t, cfg, export.NBDOptions{TLS: &tls.Config{
+		Certificates: []tls.Certificate{srvCert}, MinVersion: tls.VersionTLS12,
+		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.pool,
+	}})
+	backup, _, _ := ca.issue(false, "backup-host")
+	tlsClient, err := certDial(t, addr, ca, true, &backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := certDial(t, addr, ca, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canWrite(t, tlsClient)
+	canWrite(t, plain)
+
+	// The cert rule goes: the TLS client falls back to its address
+	// (still rw): it stays.
+	if err := s.SetAccess(export.ACL{Rules: []export.Rule{mustRule("127.0.0.1=rw")}}); err != nil {
+		t.Fatal(err)
+	}
+	if !canWrite(t, tlsClient) || !canWrite(t, plain) {
+		t.Fatal("a connection whose access did not change lost it")
+	}
+	// The address becomes ro: both may write, both are closed.
+	if err := s.SetAccess(export.ACL{Rules: []export.Rule{mustRule("127.0.0.1=ro")}}); err != nil {
+		t.Fatal(err)
+	}
+	tlsClient.expectClosed()
+	plain.expectClosed()
+
+	// A read-only connection stays when the list denies writing only.
+	ro, err := certDial(t, addr, ca, false, nil)
+	if err != nil || canWrite(t, ro) {
+		t.Fatalf("after the list became ro: %v", err)
+	}
+	if err := s.SetAccess(export.ACL{Rules: []export.Rule{mustRule("127.0.0.1=ro"), mustRule("10.0.0.0/8=rw")}}); err != nil {
+		t.Fatal(err)
+	}
+	canWrite(t, ro)
+	if err := s.SetAccess(export.ACL{Rules: []export.Rule{mustRule("cert:someone=rw")}}); err != nil {
+		t.Fatal(err)
+	}
+	ro.expectClosed()
+}

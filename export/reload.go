@@ -62,13 +62,18 @@ func (s *Server) SetAccess(a ACL) error {
 			revoked = append(revoked, c)
 		}
 	}
+	nbdRevoked := s.revokeNBDLocked(t)
 	s.mu.Unlock()
 	for _, c := range revoked {
 		c.log.Info("closing connection: the new access list reduces this peer's access")
 		c.abort("access reduced by a new access list")
 	}
+	for _, c := range nbdRevoked {
+		c.log.Info("closing NBD connection: the new access list reduces this peer's access")
+		c.abort()
+	}
 	s.log.Info("access list replaced", zap.Stringers("rules", a.Rules), zap.Stringer("allow_all", a.AllowAll),
-		zap.Int("connections_closed", len(revoked)))
+		zap.Int("connections_closed", len(revoked)+len(nbdRevoked)))
 	return nil
 }
 

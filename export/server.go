@@ -34,6 +34,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
+	nbdConns map[*nbdConn]struct{} // NBD connections in transmission (nbd.go), for SetAccess
 	sessions map[wire.Token]*session
 	stopping bool
 	stopCh   chan struct{} // closed when Shutdown begins
