@@ -11,6 +11,7 @@ import (
 
 	"github.com/dst-dev/dst/crypto"
 	"github.com/dst-dev/dst/internal/ringio"
+	"github.com/dst-dev/dst/internal/sched"
 	"github.com/dst-dev/dst/internal/uring"
 	"github.com/dst-dev/dst/internal/wire"
 )
@@ -129,6 +130,9 @@ type conn struct {
 	sealQ      *crypto.Queue
 	sealJobs   []crypto.Job
 	sealing    int
+	// whether writing a batch of replies in chunks can overlap (loop.go,
+	// pushChunk); used on the loop's thread only
+	sched sched.Monitor
 }
 
 func newConn(s *Server, nc net.Conn, p peer) *conn {

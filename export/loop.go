@@ -86,6 +86,21 @@ const (
 	// maxBatch bounds the replies of one WRITEV (at most two iovecs
 	// each, within IOV_MAX).
 	maxBatch = 512
+	// pushChunk: under crypto, every pushChunk bytes of a batch of
+	// replies are written to the socket as soon as they are sealed
+	// (ringio.Sender.Push, a non-blocking sendmsg), and only the rest
+	// waits for the batch's WRITEV. Sealing a whole batch before
+	// writing any of it made the client wait for the batch, then this
+	// loop wait while the client opened it: the two sides' crypto took
+	// turns instead of overlapping. Only while this thread gets a CPU
+	// when it wants one (sched.Monitor): on an oversubscribed machine
+	// the client has no CPU to overlap with, and the extra writes and
+	// wake-ups of a batch cut in pieces cost more than they save. READ
+	// replies above pushFrameMax do not count: a batch of large replies
+	// still leaves whole (pushing each 128 KiB reply was slower in
+	// txn's BenchmarkClientCrypto, docs/BENCHMARKS.md).
+	pushChunk    = 32 << 10
+	pushFrameMax = 64 << 10
 	// directMin: a WRITE payload larger than this that is not all in the
 	// staging buffer is received straight into its buffer (no copy);
 	// smaller ones wait in the staging buffer for the rest.
@@ -597,6 +612,7 @@ func (c *conn) flushOut() {
 	hdrs := c.hdrs[:need]
 	iov := c.iov[:0]
 	run := -1 // start in hdrs of the header run in iov[len-1], or -1
+	unpushed := 0
 	for i := range n {
 		r := &c.out[i]
 		at := i * slot
@@ -633,6 +649,25 @@ func (c *conn) flushOut() {
 		if body != nil {
 			iov = append(iov, body)
 			run = -1
+		}
+		if c.tag > 0 && c.sealing == 0 && i < n-1 && len(body) <= pushFrameMax+c.tag {
+			// Under crypto the batch is written a chunk at a time as
+			// it is sealed (the last chunk by the WRITEV), so that the
+			// client opens the first replies while the rest are being
+			// sealed; see pushChunk.
+			unpushed += end - at + len(body)
+			if unpushed >= pushChunk && !c.sched.Contended(time.Now()) {
+				unpushed, run = 0, -1
+				c.snd.Queue(iov...)
+				clear(iov)
+				iov = iov[:0]
+				if _, err := c.snd.Push(); err != nil {
+					c.log.Info("closing connection", zap.Error(fmt.Errorf("write: %w", err)))
+					c.iov = iov
+					c.startClosing()
+					return
+				}
+			}
 		}
 		if r.counted != nil {
 			r.counted.inflight.Add(-1)
@@ -755,6 +790,7 @@ func (c *conn) cancel(target uint64) {
 
 // teardown closes everything once the loop is quiet.
 func (c *conn) teardown() {
+	c.sched.Close()
 	unix.Close(c.fd)
 	c.fd = -1
 	c.ring.Close()

@@ -27,12 +27,14 @@ import (
 	"fmt"
 	"sync"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/dst-dev/dst/crypto"
 	"github.com/dst-dev/dst/internal/ringio"
+	"github.com/dst-dev/dst/internal/sched"
 	"github.com/dst-dev/dst/internal/uring"
 	"github.com/dst-dev/dst/internal/wire"
 )
@@ -128,6 +130,8 @@ type Conn struct {
 	sealQ      *crypto.Queue
 	sealJobs   []crypto.Job
 	sealing    int
+	unpushed   int           // bytes queued since the last push
+	sched      sched.Monitor // whether pushing can overlap
 
 	// from the dialer goroutine
 	mu      sync.Mutex
@@ -255,7 +259,8 @@ func (c *Conn) queue(rd *Ready) error {
 			}
 		}
 	} else {
-		c.arenaN = 0       // the previous WRITEV has completed
+		c.arenaN = 0 // the previous WRITEV has completed
+		c.unpushed = 0
 		defer c.sealWait() // before the WRITEV
 		for _, x := range rd.Send {
 			var payload []byte
@@ -304,7 +309,10 @@ func (c *Conn) seal(hdr, payload, trailer []byte) error {
 			c.sframe.SealTo(hdr, payload, out)
 		}
 		c.snd.Queue(hdr, out)
-		return nil
+		if len(payload) > pushFrameMax {
+			return nil
+		}
+		return c.push(len(hdr) + len(out))
 	}
 	if c.pooled(hdr, payload, trailer, nil) {
 		c.sframe.Seal(hdr, payload, trailer)
@@ -313,6 +321,43 @@ func (c *Conn) seal(hdr, payload, trailer []byte) error {
 		c.snd.Queue(hdr, payload, trailer)
 	} else {
 		c.snd.Queue(hdr, trailer)
+	}
+	if len(payload) > pushFrameMax {
+		return nil
+	}
+	return c.push(len(hdr) + len(payload) + len(trailer))
+}
+
+// pushChunk: while a batch is being sealed, every pushChunk bytes sealed
+// are written to the socket at once (ringio.Sender.Push) instead of
+// waiting for the batch's WRITEV, so the exporter opens the first frames
+// while this side seals the next ones: the two sides' crypto overlaps
+// instead of taking turns. Only while this thread gets a CPU when it
+// wants one (sched.Monitor): on an oversubscribed machine the exporter
+// has no CPU to overlap with, and the extra writes and wake-ups of a
+// batch cut in pieces cost more than they save. Only frames of at most
+// pushFrameMax payload bytes count: a batch of large frames still
+// leaves whole (pushing each 128 KiB WRITE was slower in
+// BenchmarkClientCrypto, docs/BENCHMARKS.md).
+const (
+	pushChunk    = 32 << 10
+	pushFrameMax = 64 << 10
+)
+
+// push counts n bytes just queued and pushes what is queued once a chunk
+// is there. Frames handed to the pool are not sealed yet: then
+// everything waits for the WRITEV (sealWait).
+func (c *Conn) push(n int) error {
+	c.unpushed += n
+	if c.unpushed < pushChunk || c.sealing > 0 {
+		return nil
+	}
+	c.unpushed = 0
+	if c.sched.Contended(time.Now()) {
+		return nil
+	}
+	if _, err := c.snd.Push(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -766,6 +811,7 @@ func (c *Conn) Inflight() int {
 // Close releases what Stop left: it fails what is still in flight, waits
 // for a dialer and closes the socket. Call it after Inflight is zero.
 func (c *Conn) Close() {
+	c.sched.Close()
 	c.cancel()
 	c.wg.Wait()
 	c.e.Close()

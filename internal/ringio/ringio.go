@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -72,6 +73,7 @@ type Sender struct {
 	iov     []unix.Iovec
 	busy    bool
 	sentNow int // slices of pending taken by the current flight
+	msg     unix.Msghdr
 }
 
 // NewSender returns a Sender for fd whose CQEs carry user data ud.
@@ -154,6 +156,54 @@ func (s *Sender) Complete(res int32, get GetSQE) (done bool, err error) {
 	s.flight[0] = s.flight[0][n:]
 	s.prep(get)
 	return false, nil
+}
+
+// Push writes the queued slices now, with one non-blocking sendmsg, when
+// no WRITEV is in flight, and reports whether all of them were written.
+// What the socket does not take stays queued, in order, for Flush. A
+// sender that produces a batch piece by piece (sealing frames) pushes
+// each piece as it is ready, so the peer starts working on it while the
+// rest is produced, instead of waiting for the whole batch's WRITEV. The
+// slices written are released as soon as Push returns: the kernel has
+// copied them.
+func (s *Sender) Push() (bool, error) {
+	if s.busy {
+		return false, nil
+	}
+	for len(s.pending) > 0 {
+		n := min(len(s.pending), maxIov)
+		for i, b := range s.pending[:n] {
+			s.iov[i].Base = &b[0]
+			s.iov[i].SetLen(len(b))
+		}
+		s.msg.Iov = &s.iov[0]
+		s.msg.SetIovlen(n)
+		r, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.msg)),
+			unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		s.msg.Iov = nil
+		switch {
+		case e == unix.EAGAIN || e == unix.EINTR:
+			return false, nil
+		case e != 0:
+			return false, fmt.Errorf("ringio: send: %w", e)
+		}
+		w := int(r)
+		i := 0
+		for i < len(s.pending) && w >= len(s.pending[i]) {
+			w -= len(s.pending[i])
+			i++
+		}
+		rest := copy(s.pending, s.pending[i:])
+		clear(s.pending[rest:])
+		s.pending = s.pending[:rest]
+		if w > 0 {
+			s.pending[0] = s.pending[0][w:]
+		}
+		if i < n {
+			return false, nil // the socket is full
+		}
+	}
+	return true, nil
 }
 
 // Abort forgets everything queued or in flight (after a connection error;

@@ -44,8 +44,9 @@ func socketpair(t *testing.T, sndbuf int) (int, int) {
 	return fds[0], fds[1]
 }
 
-// TestStream sends a random stream of slices in batches, with a small
-// socket buffer so that writes are partial, and receives it with both the
+// TestStream sends a random stream of slices in batches, some of them
+// pushed (Sender.Push) as they are queued, with a small socket buffer so
+// that writes are partial, and receives it with both the
 // staging buffer and direct receives; the bytes must arrive intact.
 func TestStream(t *testing.T) {
 	for _, sndbuf := range []int{0, 4096} {
@@ -67,6 +68,13 @@ func TestStream(t *testing.T) {
 				}
 				want.Write(x)
 				snd.Queue(x)
+				if rng.IntN(3) == 0 {
+					// Written at once as far as the socket takes it;
+					// the rest stays queued, in order.
+					if _, err := snd.Push(); err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
 			snd.Flush(get)
 			// Run until this batch is sent and received.
