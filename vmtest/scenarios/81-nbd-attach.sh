@@ -227,8 +227,20 @@ for s in mem file fileu qnbd nbds; do
 done
 
 # ----------------------------------------------------- server killed under fio
-# reads_done DEV: reads completed on DEV (/sys/block/NAME/stat field 1).
+# reads_done DEV, writes_done DEV: requests completed on DEV
+# (/sys/block/NAME/stat fields 1 and 5).
 reads_done() { awk '{print $1}' "/sys/block/${1#/dev/}/stat"; }
+writes_done() { awk '{print $5}' "/sys/block/${1#/dev/}/stat"; }
+# wait_io DEV reads|writes N: until N more requests of that kind completed
+# on DEV since the call (fio $s must still run).
+wait_io() {
+	_b=$("$2_done" "$1") _i=0
+	while [ $(($("$2_done" "$1") - _b)) -lt "$3" ]; do
+		fio_alive "$s" || fail "fio ($s) ended before $3 more $2 on $1: too short to kill the server under"
+		_i=$((_i + 1)); [ "$_i" -le 1200 ] || fail "$s: not $3 $2 within 60 s"
+		sleep 0.05
+	done
+}
 # kill_restart S PHASE: SIGKILL server S, start it again 1.5 s later on
 # the same address and file, wait until the probe reads again; one line
 # in timings, a summary in $kr (not a $(...) subshell: the server it
@@ -242,7 +254,8 @@ kill_restart() {
 	_tf=$(flow_after "$_tu" 30)
 	echo "$1 $2 kill: down=$(secs "$_tk" "$_tu") flow=$(secs "$_tu" "$_tf") kill_to_flow=$(secs "$_tk" "$_tf")" >>"$VMTEST_TMP/timings"
 	log "$1: killed in the $2 phase at $_tk ($(secs "$t_fio" "$_tk") s into fio), listening again at $_tu, I/O flowing at $_tf"
-	kr="$2 phase kill at $(secs "$t_fio" "$_tk") s: down $(secs "$_tk" "$_tu") s, I/O again $(secs "$_tu" "$_tf") s after the restart"
+	kt=$(secs "$t_fio" "$_tk")
+	kr="$2 phase kill at $kt s: down $(secs "$_tk" "$_tu") s, I/O again $(secs "$_tu" "$_tf") s after the restart"
 }
 fio_alive() { kill -0 "$(cat "$VMTEST_TMP/fio-$1.pid")" 2>/dev/null; }
 
@@ -253,21 +266,14 @@ for s in file fileu qnbd nbds; do
 	attach "rs-$s" "$(url_of "$s")" -q 2 -d 64 $RESTART_FLAGS --metrics-listen "127.0.0.1:$MPORT"
 	probe_start "$dev"
 	# Half the device (8192 blocks), 4k random writes at depth 16, then
-	# the verify reads: the first kill comes 3 s into the writes, the
+	# the verify reads: the first kill comes after 1500 writes, the
 	# second once the verify has read 1500 blocks (the probe reads 20 a
 	# second).
 	t_fio=$(now)
 	fio_bg "$s" "$dev" "$((SIZE_MIB / 2))M"
-	sleep 3
-	fio_alive "$s" || fail "fio ($s) ended within 3 s: no write phase to kill the server in"
-	kill_restart "$s" write; k1=$kr
-	r0=$(reads_done "$dev")
-	i=0
-	while fio_alive "$s" && [ $(($(reads_done "$dev") - r0)) -lt 1500 ]; do
-		i=$((i + 1)); [ $i -le 1200 ] || fail "$s: no verify reads within 60 s after the restart"
-		sleep 0.05
-	done
-	fio_alive "$s" || fail "fio ($s) ended before its verify phase could be interrupted"
+	wait_io "$dev" writes 1500
+	kill_restart "$s" write; k1=$kr k1t=$kt
+	wait_io "$dev" reads 1500
 	kill_restart "$s" verify; k2=$kr
 	fio_check "$s"
 	t_end=$(now)
@@ -275,6 +281,8 @@ for s in file fileu qnbd nbds; do
 	rc=$(metric dst_txn_reconnects_total) rs=$(metric dst_txn_resent_total) to=$(metric dst_txn_timeouts_total)
 	nlost=$(lost "rs-$s")
 	wr=$(jq '.jobs[0].write.runtime' "$VMTEST_TMP/fio-$s.json")
+	awk -v k="$k1t" -v w="$wr" 'BEGIN {exit !(k * 1000 < w)}' ||
+		fail "$s: the write phase kill at $k1t s came after fio's $wr ms of writes"
 	detach "rs-$s"
 	[ "$rc" -ge 2 ] || fail "$s: the server was killed twice, but dst_txn_reconnects_total is $rc"
 	report "$s killed twice under fio: $k1; $k2; fio $(secs "$t_fio" "$t_end") s (write phase $(awk -v m="$wr" 'BEGIN {printf "%.1f", m / 1000}') s), $(jq -r '.jobs[0] | "\(.write.io_bytes/1048576|floor) MiB written, \(.read.io_bytes/1048576|floor) MiB verified, errors \(.error)"' "$VMTEST_TMP/fio-$s.json"); reconnects $rc, resent $rs, timeouts $to, $nlost connections lost; at detach: $(attach_stats "rs-$s")"
