@@ -51,6 +51,10 @@ RESTART_FLAGS="--timeout 2s --retries 30 --ping 1s"
 AIO=io_uring
 nbds_first=""  # seconds until each nbd-server started answered
 
+# running NAME: daemon NAME still runs (bg_alive counts a zombie as alive).
+running() {
+	_p=$(bg_pid "$1") && kill -0 "$_p" 2>/dev/null && [ "$(awk '{print $3}' "/proc/$_p/stat" 2>/dev/null)" != Z ]
+}
 # tcp_listening PORT: something listens on 127.0.0.1:PORT (/proc/net/tcp).
 tcp_listening() {
 	awk -v p="$(printf ':%04X' "$1")" '$2 == "0100007F" p && $4 == "0A" {f = 1} END {exit !f}' /proc/net/tcp
@@ -120,7 +124,7 @@ server_start() {
 	esac
 	_i=0
 	until listening "$1"; do
-		if [ "$1" != nbds ] && ! bg_alive "$1"; then
+		if [ "$1" != nbds ] && ! running "$1"; then
 			fail "server $1 exited at start: $(tail -n 3 "$VMTEST_TMP/$1.log")"
 		fi
 		_i=$((_i + 1)); [ "$_i" -le 600 ] || fail "server $1 does not listen after 30s"
@@ -198,7 +202,7 @@ metric() {
 # qemu-nbd opens the image (and sets up its io_uring) before it listens.
 run_bg qnbd qemu-nbd -f raw --cache=none --aio=io_uring -t -e 8 -b 127.0.0.1 -p 10903 -x disk "$(img_of qnbd)"
 i=0
-while bg_alive qnbd && ! listening qnbd; do
+while running qnbd && ! listening qnbd; do
 	i=$((i + 1)); [ $i -le 600 ] || fail "qemu-nbd does not listen after 30s"
 	sleep 0.05
 done
