@@ -298,7 +298,11 @@ func TestNBDClientPeers(t *testing.T) {
 			const size = 4 << 20
 			img := exporttest.File(t, size)
 			p := s.start(t, img)
-			c, err := Dial(context.Background(), fastOpts(p.url))
+			o := fastOpts(p.url)
+			// nbd-server's parent can take seconds of CPU before it greets
+			// its first client on a loaded machine.
+			o.HandshakeTimeout = 10 * time.Second
+			c, err := Dial(context.Background(), o)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -373,6 +377,7 @@ func TestNBDClientServerRestart(t *testing.T) {
 			p := s.start(t, img)
 			o := fastOpts(p.url)
 			o.Timeout, o.Retries = 500*time.Millisecond, 40
+			o.HandshakeTimeout = 10 * time.Second
 			c, err := Dial(context.Background(), o)
 			if err != nil {
 				t.Fatal(err)
