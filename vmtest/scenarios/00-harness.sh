@@ -23,9 +23,12 @@ blkdiscard --version
 mdadm --version 2>&1
 nbd-client --help 2>&1 | head -n 1 || true
 nbd-server --version 2>&1 | head -n 1 || true
+nbdkit --version
+qemu-nbd --version | head -n 1
+nbdinfo --version | head -n 1
 jq --version
 dd --version | head -n 1
-ldd_missing=$(for b in fio mke2fs e2fsck losetup blkdiscard mdadm nbd-client nbd-server jq dd; do
+ldd_missing=$(for b in fio mke2fs e2fsck losetup blkdiscard mdadm nbd-client nbd-server nbdkit qemu-nbd nbdinfo jq dd; do
 	/lib64/ld-linux-x86-64.so.2 --list "$(command -v "$b")" | grep 'not found' || true
 done)
 [ -z "$ldd_missing" ] || fail "missing libraries: $ldd_missing"
