@@ -337,8 +337,8 @@ func (c *Conn) seal(hdr, payload, trailer []byte) error {
 // has no CPU to overlap with, and the extra writes and wake-ups of a
 // batch cut in pieces cost more than they save. Only frames of at most
 // pushFrameMax payload bytes count: a batch of large frames still
-// leaves whole (pushing each 128 KiB WRITE was slower in
-// BenchmarkClientCrypto, docs/BENCHMARKS.md).
+// leaves whole (pushing each 128 KiB WRITE was not clearly faster in
+// BenchmarkClientCrypto: mixed across alternated runs, docs/BENCHMARKS.md).
 const (
 	pushChunk    = 32 << 10
 	pushFrameMax = 64 << 10
