@@ -3,8 +3,10 @@ package monitor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,12 +131,15 @@ func TestScrapeNBD(t *testing.T) {
 		t.Fatalf("read, read past the end, flush: %v", got)
 	}
 
-	fams := scrape()
-	for _, w := range []struct {
+	// A request is counted when its reply has left and its buffer is
+	// released, which can be just after the client has read the reply:
+	// scrape until the counts settle (or report the last scrape).
+	type want struct {
 		name string
 		want float64
 		l    []string
-	}{
+	}
+	wants := []want{
 		{"dst_export_nbd_requests_total", writes + 1, []string{"export", "disk", "op", "write"}},
 		{"dst_export_nbd_bytes_total", writes * bs, []string{"export", "disk", "op", "write"}},
 		{"dst_export_nbd_errors_total", 1, []string{"export", "disk", "op", "write"}},
@@ -147,9 +152,20 @@ func TestScrapeNBD(t *testing.T) {
 		{"dst_export_nbd_connections", 1, []string{"export", "disk"}},
 		{"dst_exporter_nbd_connections", 1, nil},
 		{"dst_export_requests_total", 0, []string{"export", "disk", "op", "write"}}, // DST only
-	} {
-		if got := value(t, fams, w.name, w.l...); got != w.want {
-			t.Errorf("%s%v = %v, want %v", w.name, w.l, got, w.want)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		fams := scrape()
+		var bad []string
+		for _, w := range wants {
+			if got := value(t, fams, w.name, w.l...); got != w.want {
+				bad = append(bad, fmt.Sprintf("%s%v = %v, want %v", w.name, w.l, got, w.want))
+			}
+		}
+		if len(bad) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5 s: %s", strings.Join(bad, "; "))
 		}
 	}
 
@@ -161,7 +177,7 @@ func TestScrapeNBD(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		fams = scrape()
+		fams := scrape()
 		if value(t, fams, "dst_exporter_nbd_connections") == 0 && value(t, fams, "dst_export_nbd_connections", "export", "disk") == 0 {
 			break
 		}
