@@ -537,26 +537,43 @@ func (c *Conn) parse() {
 			continue
 		}
 		c.rcv.Consume(wire.ReplyHeaderSize)
-		if n := r.PayloadLen(); n > 0 {
-			dst := c.e.Receiving(r.ID, r.Length)
-			if dst == nil {
-				if cap(c.scratch) < n {
-					c.scratch = make([]byte, n)
-				}
-				dst = c.scratch[:n]
-			}
-			done, err := c.rcv.ReadInto(dst, c.get)
-			if err != nil {
-				c.shutdown(err)
-				return
-			}
-			if !done {
-				c.partial, c.rep = true, r
-				return // the direct RECV's completion resumes here
-			}
+		if !c.receive(r, r.PayloadLen()) {
+			return
 		}
-		c.step(r)
 	}
+	c.keepReceiving()
+}
+
+// receive reads the n bytes of payload that follow reply r (a READ's
+// data: straight into the request's buffer, or discarded into scratch when
+// the engine does not want it) and steps r. It returns false when the
+// caller must stop parsing: the payload is still arriving (the direct
+// RECV's completion steps r) or the connection failed.
+func (c *Conn) receive(r wire.Reply, n int) bool {
+	if n > 0 {
+		dst := c.e.Receiving(r.ID, r.Length)
+		if dst == nil {
+			if cap(c.scratch) < n {
+				c.scratch = make([]byte, n)
+			}
+			dst = c.scratch[:n]
+		}
+		done, err := c.rcv.ReadInto(dst, c.get)
+		if err != nil {
+			c.shutdown(err)
+			return false
+		}
+		if !done {
+			c.partial, c.rep = true, r
+			return false
+		}
+	}
+	c.step(r)
+	return true
+}
+
+// keepReceiving keeps a RECV in flight on a live socket.
+func (c *Conn) keepReceiving() {
 	if c.fd >= 0 && !c.closing && !c.rcv.Busy() {
 		if !c.rcv.Arm(c.get) {
 			c.shutdown(errors.New("receive buffer full"))

@@ -197,31 +197,11 @@ func (c *Conn) parseNBD() {
 			c.shutdown(err)
 			return
 		}
-		if n > 0 {
-			dst := c.e.Receiving(r.ID, r.Length)
-			if dst == nil {
-				if cap(c.scratch) < n {
-					c.scratch = make([]byte, n)
-				}
-				dst = c.scratch[:n]
-			}
-			done, err := c.rcv.ReadInto(dst, c.get)
-			if err != nil {
-				c.shutdown(err)
-				return
-			}
-			if !done {
-				c.partial, c.rep = true, r
-				return // the direct RECV's completion resumes here
-			}
-		}
-		c.step(r)
-	}
-	if c.fd >= 0 && !c.closing && !c.rcv.Busy() {
-		if !c.rcv.Arm(c.get) {
-			c.shutdown(errors.New("receive buffer full"))
+		if !c.receive(r, n) {
+			return
 		}
 	}
+	c.keepReceiving()
 }
 
 // nbdReply translates a simple reply into the engine's terms: the reply
