@@ -3,17 +3,9 @@ package export_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,48 +15,25 @@ import (
 	"github.com/dst-dev/dst/export"
 	"github.com/dst-dev/dst/export/exporttest"
 	"github.com/dst-dev/dst/internal/nbd"
+	"github.com/dst-dev/dst/internal/testpki"
 	"github.com/dst-dev/dst/transport"
 )
 
-// nbdPKI makes a self-signed certificate for 127.0.0.1 and writes it as
-// DIR/server-cert.pem, DIR/server-key.pem and DIR/ca-cert.pem (the layout
-// libnbd's tls-certificates=DIR expects).
+// nbdPKI makes a CA and a server certificate for 127.0.0.1 and writes
+// them as DIR/ca-cert.pem, DIR/server-cert.pem and DIR/server-key.pem (the
+// layout libnbd's tls-certificates=DIR expects).
 func nbdPKI(t *testing.T) (server, client *tls.Config, dir string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses: []net.IP{netip.MustParseAddr("127.0.0.1").AsSlice()},
-		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA: true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testpki.New(t, "dst test CA")
+	cert, certPEM, keyPEM := ca.Issue(true, "127.0.0.1")
 	dir = t.TempDir()
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	for name, b := range map[string][]byte{
-		"server-cert.pem": certPEM, "ca-cert.pem": certPEM,
-		"server-key.pem": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}),
-	} {
+	for name, b := range map[string][]byte{"server-cert.pem": certPEM, "ca-cert.pem": ca.PEM, "server-key.pem": keyPEM} {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12},
-		&tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}, dir
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		&tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}, dir
 }
 
 // startNBDTLS serves cfg to NBD clients with o on a loopback port.

@@ -1,15 +1,8 @@
 package export_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -21,95 +14,25 @@ import (
 	"github.com/dst-dev/dst/export"
 	"github.com/dst-dev/dst/export/exporttest"
 	"github.com/dst-dev/dst/internal/nbd"
+	"github.com/dst-dev/dst/internal/testpki"
 )
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	t    *testing.T
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-	pool *x509.CertPool
-}
-
-var serial int64 = 100
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		IsCA:     true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{t: t, cert: cert, key: key, pool: pool, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue signs a leaf certificate: for a server (127.0.0.1) or a client
-// with common name cn and DNS names dns. It returns it for crypto/tls
-// and as PEM certificate and key.
-func (ca *testCA) issue(server bool, cn string, dns ...string) (tls.Certificate, []byte, []byte) {
-	t := ca.t
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn}, DNSNames: dns,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-}
 
 // certServer serves a 1 MiB export over NBD with TLS that verifies client
 // certificates against ca (auth: IfGiven or Require) under acl.
-func certServer(t *testing.T, ca *testCA, auth tls.ClientAuthType, acl export.ACL) string {
+func certServer(t *testing.T, ca *testpki.CA, auth tls.ClientAuthType, acl export.ACL) string {
 	t.Helper()
-	srvCert, _, _ := ca.issue(true, "127.0.0.1")
+	srvCert, _, _ := ca.Issue(true, "127.0.0.1")
 	cfg := config(exporttest.File(t, 1<<20))
 	cfg.Access = acl
 	return startNBDTLS(t, cfg, export.NBDOptions{TLS: &tls.Config{
 		Certificates: []tls.Certificate{srvCert}, MinVersion: tls.VersionTLS12,
-		ClientAuth: auth, ClientCAs: ca.pool,
+		ClientAuth: auth, ClientCAs: ca.Pool,
 	}})
 }
 
 // certDial connects with client certificate cert (none if nil) and TLS
 // (if withTLS) and asks for the export.
-func certDial(t *testing.T, addr string, ca *testCA, withTLS bool, cert *tls.Certificate) (*nbdClient, error) {
+func certDial(t *testing.T, addr string, ca *testpki.CA, withTLS bool, cert *tls.Certificate) (*nbdClient, error) {
 	t.Helper()
 	raw, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -119,7 +42,7 @@ func certDial(t *testing.T, addr string, ca *testCA, withTLS bool, cert *tls.Cer
 	_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
 	o := nbd.ClientOptions{Export: "disk", Structured: true, BlockSize: true}
 	if withTLS {
-		o.TLS = &tls.Config{RootCAs: ca.pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+		o.TLS = &tls.Config{RootCAs: ca.Pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 		if cert != nil {
 			// Sent whatever CAs the server names (Go's client would
 			// otherwise keep a certificate of another CA to itself).
@@ -164,15 +87,15 @@ func optErr(err error) nbd.ReplyType {
 // DNS name; a verified certificate no rule names, no certificate, no TLS
 // and a certificate from another CA get nothing.
 func TestNBDClientCertACL(t *testing.T) {
-	ca := newTestCA(t, "dst test CA")
+	ca := testpki.New(t, "dst test CA")
 	addr := certServer(t, ca, tls.VerifyClientCertIfGiven, export.ACL{Rules: []export.Rule{
 		mustRule("cert:backup-host=rw"), mustRule("cert:reader.example=ro"), mustRule("10.9.0.0/16=rw"),
 	}})
-	backup, _, _ := ca.issue(false, "backup-host")
-	reader, _, _ := ca.issue(false, "someone", "other.example", "reader.example")
-	stranger, _, _ := ca.issue(false, "stranger")
-	rogueCA := newTestCA(t, "rogue CA")
-	rogue, _, _ := rogueCA.issue(false, "backup-host")
+	backup, _, _ := ca.Issue(false, "backup-host")
+	reader, _, _ := ca.Issue(false, "someone", "other.example", "reader.example")
+	stranger, _, _ := ca.Issue(false, "stranger")
+	rogueCA := testpki.New(t, "rogue CA")
+	rogue, _, _ := rogueCA.Issue(false, "backup-host")
 
 	c, err := certDial(t, addr, ca, true, &backup)
 	if err != nil {
@@ -207,11 +130,11 @@ func TestNBDClientCertACL(t *testing.T) {
 // certificate named by a rule gets that rule; with
 // RequireAndVerifyClientCert a client without one fails the handshake.
 func TestNBDClientCertFallback(t *testing.T) {
-	ca := newTestCA(t, "dst test CA")
+	ca := testpki.New(t, "dst test CA")
 	acl := export.ACL{Rules: []export.Rule{mustRule("127.0.0.1=ro"), mustRule("cert:backup-host=rw")}}
 	addr := certServer(t, ca, tls.VerifyClientCertIfGiven, acl)
-	backup, _, _ := ca.issue(false, "backup-host")
-	stranger, _, _ := ca.issue(false, "stranger")
+	backup, _, _ := ca.Issue(false, "backup-host")
+	stranger, _, _ := ca.Issue(false, "stranger")
 	for _, tc := range []struct {
 		name    string
 		withTLS bool
@@ -272,13 +195,13 @@ func TestParseCertRule(t *testing.T) {
 // it is refused.
 func TestNBDPeerNbdinfoClientCert(t *testing.T) {
 	needTool(t, "nbdinfo", "libnbd-bin")
-	ca := newTestCA(t, "dst test CA")
+	ca := testpki.New(t, "dst test CA")
 	addr := certServer(t, ca, tls.VerifyClientCertIfGiven, export.ACL{Rules: []export.Rule{mustRule("cert:backup-host=ro")}})
-	_, certPEM, keyPEM := ca.issue(false, "backup-host")
+	_, certPEM, keyPEM := ca.Issue(false, "backup-host")
 	with, without := t.TempDir(), t.TempDir()
 	for dir, files := range map[string]map[string][]byte{
-		with:    {"ca-cert.pem": ca.pem, "client-cert.pem": certPEM, "client-key.pem": keyPEM},
-		without: {"ca-cert.pem": ca.pem},
+		with:    {"ca-cert.pem": ca.PEM, "client-cert.pem": certPEM, "client-key.pem": keyPEM},
+		without: {"ca-cert.pem": ca.PEM},
 	} {
 		for name, b := range files {
 			if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
@@ -303,15 +226,15 @@ func TestNBDPeerNbdinfoClientCert(t *testing.T) {
 // by goroutines), a plain client whose address rule becomes ro (served on
 // a ring) — and leaves the others alone.
 func TestNBDSetAccessRevokes(t *testing.T) {
-	ca := newTestCA(t, "dst test CA")
-	srvCert, _, _ := ca.issue(true, "127.0.0.1")
+	ca := testpki.New(t, "dst test CA")
+	srvCert, _, _ := ca.Issue(true, "127.0.0.1")
 	cfg := config(exporttest.File(t, 1<<20))
 	cfg.Access = export.ACL{Rules: []export.Rule{mustRule("cert:backup-host=rw"), mustRule("127.0.0.1=rw")}}
 	s, addr := startNBDWith(t, cfg, export.NBDOptions{TLS: &tls.Config{
 		Certificates: []tls.Certificate{srvCert}, MinVersion: tls.VersionTLS12,
-		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.pool,
+		ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.Pool,
 	}})
-	backup, _, _ := ca.issue(false, "backup-host")
+	backup, _, _ := ca.Issue(false, "backup-host")
 	tlsClient, err := certDial(t, addr, ca, true, &backup)
 	if err != nil {
 		t.Fatal(err)

@@ -2,15 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,6 +18,7 @@ import (
 	"github.com/dst-dev/dst/export"
 	"github.com/dst-dev/dst/export/exporttest"
 	"github.com/dst-dev/dst/internal/nbd"
+	"github.com/dst-dev/dst/internal/testpki"
 	"github.com/dst-dev/dst/transport"
 )
 
@@ -106,67 +100,11 @@ func TestExportNBDTLSFlags(t *testing.T) {
 	}
 }
 
-// testPKI is a CA that issues a server certificate for 127.0.0.1 and
-// client certificates, written as PEM files.
-type testPKI struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	pem  []byte
-}
-
-func newTestPKI(t *testing.T) *testPKI {
+// writeTLSFiles writes a server certificate of ca, and ca as the client CA.
+func writeTLSFiles(t *testing.T, ca *testpki.CA, dir string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature, IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testPKI{cert: cert, key: key, pool: pool, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a certificate signed by the CA (server: for 127.0.0.1)
-// and its PEM certificate and key.
-func (p *testPKI) issue(t *testing.T, server bool, cn string) (tls.Certificate, []byte, []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-}
-
-// writeTLSFiles writes a server certificate of p and p as the client CA.
-func (p *testPKI) writeTLSFiles(t *testing.T, dir string) {
-	t.Helper()
-	_, cert, key := p.issue(t, true, "127.0.0.1")
-	for name, b := range map[string][]byte{"cert.pem": cert, "key.pem": key, "ca.pem": p.pem} {
+	_, cert, key := ca.Issue(true, "127.0.0.1")
+	for name, b := range map[string][]byte{"cert.pem": cert, "key.pem": key, "ca.pem": ca.PEM} {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -181,8 +119,8 @@ func (p *testPKI) writeTLSFiles(t *testing.T, dir string) {
 // handshake. A changed nbd.listen needs a restart and is kept.
 func TestReloadNBDTLS(t *testing.T) {
 	dir := t.TempDir()
-	pki1, pki2 := newTestPKI(t), newTestPKI(t)
-	pki1.writeTLSFiles(t, dir)
+	pki1, pki2 := testpki.New(t, "CA 1"), testpki.New(t, "CA 2")
+	writeTLSFiles(t, pki1, dir)
 	conf := func(listen string) string {
 		return "[access]\nallow = [\"cert:backup-host=rw\"]\n[nbd]\nlisten = [\"" + listen + "\"]\n" +
 			"tls_cert = \"" + dir + "/cert.pem\"\ntls_key = \"" + dir + "/key.pem\"\ntls_ca = \"" + dir + "/ca.pem\"\n" +
@@ -227,7 +165,7 @@ func TestReloadNBDTLS(t *testing.T) {
 		<-done
 	})
 	r := &exportReloader{srv: srv, cfg: cfg, listens: listens, nbd: nset, nbdTLS: holder}
-	connect := func(roots *testPKI, cert tls.Certificate) (nbd.ExportInfo, error) {
+	connect := func(roots *testpki.CA, cert tls.Certificate) (nbd.ExportInfo, error) {
 		c, err := net.Dial("tcp", l.Addr().String())
 		if err != nil {
 			t.Fatal(err)
@@ -235,20 +173,20 @@ func TestReloadNBDTLS(t *testing.T) {
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		_, info, _, err := nbd.ClientConnect(c, nbd.ClientOptions{Export: "disk", TLS: &tls.Config{
-			RootCAs: roots.pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12,
+			RootCAs: roots.Pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12,
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil },
 		}})
 		return info, err
 	}
-	cert1, _, _ := pki1.issue(t, false, "backup-host")
+	cert1, _, _ := pki1.Issue(false, "backup-host")
 	if info, err := connect(pki1, cert1); err != nil || info.Flags&nbd.FlagReadOnly != 0 {
 		t.Fatalf("client certificate backup-host: %+v, %v", info, err)
 	}
 
-	pki2.writeTLSFiles(t, dir)
+	writeTLSFiles(t, pki2, dir)
 	writeConfig(t, dir, conf("nbd://127.0.0.1:1"))
 	reloadExport(ctxOf, r)
-	cert2, _, _ := pki2.issue(t, false, "backup-host")
+	cert2, _, _ := pki2.Issue(false, "backup-host")
 	if info, err := connect(pki2, cert2); err != nil || info.Flags&nbd.FlagReadOnly != 0 {
 		t.Fatalf("after the reload, a client of the new CA: %+v, %v", info, err)
 	}

@@ -1,42 +1,23 @@
 package nbd
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/dst-dev/dst/internal/testpki"
 )
 
-// testTLS returns a server config with a fresh self-signed certificate
-// for "nbd.test" and a client config that trusts it.
+// testTLS returns a server config with a fresh certificate for
+// "nbd.test" and a client config that trusts its CA.
 func testTLS(t *testing.T) (server, client *tls.Config) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "nbd.test"}, DNSNames: []string{"nbd.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA: true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12},
-		&tls.Config{RootCAs: pool, ServerName: "nbd.test", MinVersion: tls.VersionTLS12}
+	ca := testpki.New(t, "nbd test CA")
+	cert, _, _ := ca.Issue(true, "nbd.test", "nbd.test")
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		&tls.Config{RootCAs: ca.Pool, ServerName: "nbd.test", MinVersion: tls.VersionTLS12}
 }
 
 // negotiateTLS runs NegotiateServer on one end of a TCP pair and client
