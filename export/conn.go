@@ -99,13 +99,12 @@ type conn struct {
 	pings    int  // ping replies not yet handed to the sender
 	blocked  bool // parsing waits for buffers or for the sender
 
-	slots     []*op // ops with an SQE in flight, by slot (user data)
-	freeSlots []uint32
-	parked    []*op // ops held by the test hook (Server.Hold)
-	ops       int   // ops read here and not finished (ring, inline, helper, parked)
-	cancels   int   // ASYNC_CANCEL SQEs in flight
-	wakeArmed bool  // the eventfd read is in flight
-	wakeStop  bool  // the eventfd read was cancelled: do not re-arm
+	slots     slotTable[*op] // ops with an SQE in flight, by slot (user data)
+	parked    []*op          // ops held by the test hook (Server.Hold)
+	ops       int            // ops read here and not finished (ring, inline, helper, parked)
+	cancels   int            // ASYNC_CANCEL SQEs in flight
+	wakeArmed bool           // the eventfd read is in flight
+	wakeStop  bool           // the eventfd read was cancelled: do not re-arm
 
 	syncQ    chan *op // to the sync helpers
 	helpers  int

@@ -55,24 +55,14 @@ func (c *conn) start(o *op) {
 		c.toHelper(o)
 		return
 	}
-	var slot uint32
-	if n := len(c.freeSlots); n > 0 {
-		slot = c.freeSlots[n-1]
-		c.freeSlots = c.freeSlots[:n-1]
-		c.slots[slot] = o
-	} else {
-		slot = uint32(len(c.slots))
-		c.slots = append(c.slots, o)
-	}
+	slot := c.slots.put(o)
 	s := c.getSQE()
 	f.Prep(s, o.bop, o.bflags, o.off, o.data(), o.length)
 	s.SetUserData(kindDisk<<kindShift | uint64(slot))
 }
 
 func (c *conn) onDisk(slot uint32, res int32) {
-	o := c.slots[slot]
-	c.slots[slot] = nil
-	c.freeSlots = append(c.freeSlots, slot)
+	o := c.slots.take(slot)
 	step, err := c.exp.file.Result(o.bop, o.bflags, o.off, o.length, res)
 	if step == backend.StepSync {
 		c.toHelper(o)

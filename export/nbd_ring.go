@@ -101,8 +101,7 @@ type nbdRing struct {
 	syncBusy int
 	helperWG sync.WaitGroup
 
-	slots []*nbdReq // disk I/O on the ring, by the low bits of the user data
-	free  []uint32
+	slots slotTable[*nbdReq] // disk I/O on the ring, by the low bits of the user data
 
 	out    []*nbdReq // replies to send
 	flight []*nbdReq // replies in the WRITEV in flight
@@ -539,24 +538,14 @@ func (g *nbdRing) start(q *nbdReq, op backend.Op, flags backend.Flags, off uint6
 		g.toHelper(q)
 		return
 	}
-	var slot uint32
-	if k := len(g.free); k > 0 {
-		slot = g.free[k-1]
-		g.free = g.free[:k-1]
-		g.slots[slot] = q
-	} else {
-		slot = uint32(len(g.slots))
-		g.slots = append(g.slots, q)
-	}
+	slot := g.slots.put(q)
 	s := g.getSQE()
 	f.Prep(s, op, flags, off, buf, n)
 	s.SetUserData(kindDisk<<kindShift | uint64(slot))
 }
 
 func (g *nbdRing) onDisk(slot uint32, res int32) {
-	q := g.slots[slot]
-	g.slots[slot] = nil
-	g.free = append(g.free, slot)
+	q := g.slots.take(slot)
 	b := &q.br
 	step, err := g.c.exp.file.Result(b.Op, b.Flags, b.Off, b.Length, res)
 	if step == backend.StepSync {
