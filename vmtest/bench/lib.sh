@@ -69,3 +69,35 @@ null_blk_load() {
 	load_module null_blk nr_devices=1 queue_mode=2 memory_backed=0 max_sectors=1024 "$@"
 	wait_for_file /dev/nullb0 5
 }
+
+# nbd_server_start FILE: Debian's nbd-server exporting FILE as "disk" on
+# 127.0.0.1:10809, as a daemon that forks a child per connection (so the
+# kernel client and dst attach nbd:// can both use it); nbd_server_stop
+# ends it.
+nbd_server_start() {
+	cat >"$VMTEST_TMP/nbd.conf" <<CONF
+[generic]
+    user = root
+    group = root
+    listenaddr = 127.0.0.1
+    port = 10809
+[disk]
+    exportname = $1
+CONF
+	nbd-server -C "$VMTEST_TMP/nbd.conf" -p "$VMTEST_TMP/nbd.pid" >"$VMTEST_TMP/nbd-server.log" 2>&1 ||
+		fail "nbd-server: $(cat "$VMTEST_TMP/nbd-server.log")"
+	sleep 1
+}
+nbd_server_stop() { kill "$(cat "$VMTEST_TMP/nbd.pid")" 2>/dev/null || true; }
+
+# bench_kernel_nbd LABEL SIZE: the kernel NBD client (nbd.ko +
+# nbd-client, one connection) on the nbd_server_start export of SIZE
+# bytes, benchmarked as LABEL, then disconnected.
+bench_kernel_nbd() {
+	load_module nbd nbds_max=2
+	nbd-client -N disk 127.0.0.1 10809 /dev/nbd0 >"$VMTEST_TMP/nbd-client.log" 2>&1 ||
+		fail "nbd-client failed: $(cat "$VMTEST_TMP/nbd-client.log")"
+	[ "$(dev_size /dev/nbd0)" = "$2" ] || fail "/dev/nbd0 has $(dev_size /dev/nbd0) bytes, want $2"
+	bench_device /dev/nbd0 "$1"
+	nbd-client -d /dev/nbd0 >/dev/null 2>&1 || true
+}
